@@ -1,0 +1,39 @@
+"""Input preprocessing: what a model's weights expect of an RGB image in 0..255.
+
+Plain arithmetic and slicing only, so the same function runs on NumPy arrays, tf.data
+tensors, JAX arrays and inside an exported graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODES = ("caffe", "torch", "tf", "pixel_mean")
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def check_mode(mode, mean=None):
+    """ValueError naming the bad mode, or a pixel_mean mode without its mean."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    if mode == "pixel_mean" and mean is None:
+        raise ValueError("mode='pixel_mean' needs mean= (the training set's mean image, HxWx3 or 3 values)")
+
+
+def preprocess_input(x, mode="caffe", mean=None):
+    """Map float RGB images in 0..255 (last axis channels) to a model's input.
+
+    caffe: RGB -> BGR, ImageNet channel mean subtracted (the paper's released models,
+    keras.applications.resnet); torch: 0..1, then ImageNet mean/std (torchvision);
+    tf: -1..1; pixel_mean: the training set's mean image subtracted (sections 3.4, 4.2).
+    """
+    check_mode(mode, mean)
+    if mode == "caffe":
+        return x[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, dtype="float32")
+    if mode == "torch":
+        return (x / 255.0 - np.asarray(TORCH_MEAN_RGB, dtype="float32")) / np.asarray(TORCH_STD_RGB, dtype="float32")
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    return x - np.asarray(mean, dtype="float32")
