@@ -120,7 +120,16 @@ def build(
     if weights is not None:
         from keras_resnet import weights as weights_lib
 
-        weights_lib.check_request(weights, spec, residual, shortcut, stride_in, include_top, classes)
+        source = weights_lib.resolve(
+            weights,
+            spec,
+            residual=residual,
+            shortcut=shortcut,
+            stride_in=stride_in,
+            bn_epsilon=bn_epsilon,
+            include_top=include_top,
+            classes=classes,
+        )
 
     settings = BlockSettings(
         residual=residual,
@@ -143,7 +152,7 @@ def build(
     with _deep_graph_recursion(spec):
         model = keras.Model(model_inputs, outputs, name=name or default_name(spec, residual))
     if weights is not None:
-        weights_lib.load(model, weights, spec, residual)
+        weights_lib.load(model, source)
     return model
 
 

@@ -1,0 +1,313 @@
+"""keras_resnet.weights against keras.applications: its published file format, its loader, its outputs.
+
+No network: the tests write files in the published legacy h5 layout from randomly initialised
+keras.applications models, place them where `keras.utils.get_file` looks ($KERAS_HOME/models,
+under the published file name) and point the `IMAGENET_FILES` entry at their own md5; the
+file name and address stay the published ones.
+"""
+
+import dataclasses
+import hashlib
+import os
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_resnet
+from keras_resnet import builders, saved_run, weights
+
+SIZE = 32  # keras.applications' smallest input; the weights do not depend on it
+
+
+def randomize(model, seed):
+    """Random conv biases and BN statistics too, so the bias fold and the epsilon matter."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for variable in layer.weights:
+            shape = tuple(variable.shape)
+            if variable.name == "moving_variance":
+                value = rng.uniform(0.5, 2.0, shape)
+            elif variable.name == "gamma":
+                value = rng.uniform(0.5, 1.5, shape)
+            elif variable.name == "kernel":
+                value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
+            else:  # bias, beta, moving_mean
+                value = rng.normal(0.0, 0.1, shape)
+            variable.assign(value.astype("float32"))
+    return model
+
+
+def write_published_h5(model, path):
+    """The layout of keras.applications' published files (Keras 2 legacy h5, `name:0` weights)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.2.4"
+        for layer in model.layers:
+            group = f.create_group(layer.name)
+            variables = layer.trainable_weights + layer.non_trainable_weights
+            names = [f"{layer.name}/{variable.name}:0".encode() for variable in variables]
+            group.attrs["weight_names"] = names
+            for name, variable in zip(names, variables):
+                group.create_dataset(name, data=keras.ops.convert_to_numpy(variable))
+
+
+def md5(path):
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()
+
+
+def relative_difference(a, b):
+    a, b = np.asarray(a, dtype="float64"), np.asarray(b, dtype="float64")
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def images(seed, size=SIZE, batch=2):
+    return np.random.default_rng(seed).uniform(-120, 130, (batch, size, size, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """ResNet50 files in the published format (with and without top) and their reference models."""
+    directory = tmp_path_factory.mktemp("published")
+    top = randomize(keras.applications.ResNet50(weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None), 1)
+    notop = randomize(keras.applications.ResNet50(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), pooling="avg"), 2)
+    files = {}
+    for include_top, model in ((True, top), (False, notop)):
+        path = str(directory / weights.IMAGENET_FILES[(50, include_top)].fname)
+        write_published_h5(model, path)
+        files[include_top] = path
+    return {"models": {True: top, False: notop}, "files": files}
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache for this test, with downloads forbidden."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    (tmp_path / "models").mkdir()
+    return tmp_path
+
+
+def place(published, keras_home, monkeypatch, include_top):
+    """Put the test's file where get_file finds it, and make the table expect the file's md5."""
+    source = published["files"][include_top]
+    entry = weights.IMAGENET_FILES[(50, include_top)]
+    target = keras_home / "models" / entry.fname
+    target.write_bytes(open(source, "rb").read())
+    monkeypatch.setitem(weights.IMAGENET_FILES, (50, include_top), dataclasses.replace(entry, file_hash=md5(target)))
+    return target
+
+
+def test_table_holds_the_published_files():
+    entry = weights.IMAGENET_FILES[(50, True)]
+    assert entry.fname == "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    assert entry.origin == (
+        "https://storage.googleapis.com/tensorflow/keras-applications/resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    )
+    assert entry.file_hash == "2cb95161c43110f7111970584f804107"
+    assert weights.IMAGENET_FILES[(152, False)].file_hash == "ee4c566cf9a93f14d82f913c2dc6dd0c"
+    assert sorted({depth for depth, _ in weights.IMAGENET_FILES}) == [50, 101, 152]
+
+
+def test_written_file_is_what_keras_applications_reads(published):
+    reference = published["models"][True]
+    reloaded = keras.applications.ResNet50(
+        weights=published["files"][True], input_shape=(SIZE, SIZE, 3), classifier_activation=None
+    )
+    x = images(0)
+    np.testing.assert_array_equal(reloaded(x), reference(x))
+
+
+def test_imagenet_from_cache_equals_keras_applications(published, keras_home, monkeypatch):
+    place(published, keras_home, monkeypatch, include_top=True)
+    model = keras_resnet.ResNet50(weights="imagenet", input_shape=(SIZE, SIZE, 3), classifier_activation=None)
+    x = images(3)
+    assert relative_difference(model(x), published["models"][True](x)) <= 1e-5
+    assert sum(int(np.prod(variable.shape)) for variable in model.trainable_weights) == 25_557_032
+    assert weights.preprocessing("imagenet") == ("caffe", None)
+
+
+def test_imagenet_features_without_top(published, keras_home, monkeypatch):
+    place(published, keras_home, monkeypatch, include_top=False)
+    model = keras_resnet.ResNet50(weights="imagenet", include_top=False, pooling="avg")
+    x = images(4)
+    got = model(x)
+    assert got.shape == (2, 2048)
+    assert relative_difference(got, published["models"][False](x)) <= 1e-5
+
+
+def test_cached_file_with_another_hash_is_refused_and_kept(published, keras_home):
+    entry = weights.IMAGENET_FILES[(50, True)]
+    target = keras_home / "models" / entry.fname
+    target.write_bytes(open(published["files"][True], "rb").read())
+    with pytest.raises(FileNotFoundError) as error:
+        keras_resnet.ResNet50(weights="imagenet")
+    message = str(error.value)
+    assert entry.fname in message and "2cb95161c43110f7111970584f804107" in message
+    assert str(target) in message and entry.origin in message
+    assert target.exists()
+
+
+def test_missing_file_offline_says_what_to_place_where(keras_home):
+    entry = weights.IMAGENET_FILES[(50, False)]
+    with pytest.raises(FileNotFoundError) as error:
+        keras_resnet.ResNet50(weights="imagenet", include_top=False)
+    message = str(error.value)
+    assert entry.fname in message and entry.origin in message
+    assert str(keras_home / "models" / entry.fname) in message
+
+
+def test_failed_download_says_what_to_place_where(keras_home, monkeypatch, tmp_path):
+    monkeypatch.delenv(weights.OFFLINE_ENV)
+    entry = weights.IMAGENET_FILES[(50, True)]
+    unreachable = dataclasses.replace(entry, origin=(tmp_path / "absent" / entry.fname).as_uri())
+    monkeypatch.setitem(weights.IMAGENET_FILES, (50, True), unreachable)
+    with pytest.raises(FileNotFoundError, match="download failed") as error:
+        keras_resnet.ResNet50(weights="imagenet")
+    assert str(keras_home / "models" / entry.fname) in str(error.value)
+
+
+@pytest.mark.parametrize("depth", [101, 152])
+def test_deeper_published_files_by_path(depth, tmp_path):
+    reference = randomize(
+        getattr(keras.applications, f"ResNet{depth}")(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)), depth
+    )
+    path = str(tmp_path / weights.IMAGENET_FILES[(depth, False)].fname)
+    write_published_h5(reference, path)
+    model = getattr(keras_resnet, f"ResNet{depth}")(weights=path, include_top=False, input_shape=(SIZE, SIZE, 3))
+    x = images(depth)
+    assert relative_difference(model(x), reference(x)) <= 1e-5
+    assert weights.preprocessing(path) == ("caffe", None)
+
+
+@pytest.fixture
+def no_building(monkeypatch):
+    """Make building any stage fail, so errors must come from validation first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a layer was built before the weights were checked")
+
+    monkeypatch.setattr(builders, "stage", refuse)
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs, named",
+    [
+        (keras_resnet.ResNet34, {}, "resnet34"),
+        (keras_resnet.Plain34, {}, "plain34"),
+        (keras_resnet.Plain50, {}, "plain50"),
+        (keras_resnet.ResNet50, {"classes": 10}, "classes=10"),
+        (keras_resnet.ResNet50, {"stride_in": "3x3"}, "stride_in='1x1'"),
+    ],
+)
+def test_imagenet_requests_without_a_published_file(builder, kwargs, named, keras_home, no_building):
+    with pytest.raises(ValueError, match="ResNet50|1000|stride_in") as error:
+        builder(weights="imagenet", **kwargs)
+    assert named in str(error.value)
+
+
+def test_path_that_does_not_exist(tmp_path, no_building):
+    missing = str(tmp_path / "nowhere.weights.h5")
+    with pytest.raises(ValueError, match="existing path") as error:
+        keras_resnet.ResNet18(weights=missing)
+    assert missing in str(error.value)
+
+
+def test_unknown_file_kind(tmp_path, no_building):
+    path = tmp_path / "weights.npz"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        keras_resnet.ResNet18(weights=str(path))
+
+
+@pytest.fixture(scope="module")
+def torch_like_resnet18(tmp_path_factory):
+    """A ResNet-18 with torchvision's BN epsilon, saved as keras_resnet's own .weights.h5."""
+    model = randomize(keras_resnet.ResNet18(bn_epsilon=1e-5, classes=7, input_shape=(SIZE, SIZE, 3)), 18)
+    path = str(tmp_path_factory.mktemp("own") / "r18.weights.h5")
+    weights.save(model, path, "torch", source="test")
+    return model, path
+
+
+def test_own_file_metadata(torch_like_resnet18):
+    _, path = torch_like_resnet18
+    metadata = weights.read_metadata(path)
+    assert metadata["preprocessing"] == {"mode": "torch"}
+    assert metadata["architecture"]["blocks_per_stage"] == [2, 2, 2, 2]
+    assert metadata["architecture"]["bn_epsilon"] == 1e-5
+    assert weights.build_kwargs(path) == {"shortcut": "B", "stride_in": "1x1", "bn_epsilon": 1e-5}
+    assert weights.preprocessing(path) == ("torch", None)
+
+
+def test_own_file_loads_like_keras_load_weights(torch_like_resnet18):
+    original, path = torch_like_resnet18
+    reference = keras_resnet.ResNet18(bn_epsilon=1e-5, classes=7, input_shape=(SIZE, SIZE, 3))
+    reference.load_weights(path)
+    model = keras_resnet.ResNet18(weights=path, classes=7, input_shape=(SIZE, SIZE, 3), **weights.build_kwargs(path))
+    x = images(5)
+    np.testing.assert_array_equal(model(x), reference(x))
+
+
+def test_own_file_into_a_headless_model(torch_like_resnet18):
+    original, path = torch_like_resnet18
+    model = keras_resnet.ResNet18(weights=path, include_top=False, bn_epsilon=1e-5)
+    features = keras.Model(original.inputs, original.get_layer("conv5_block2_out").output)
+    x = images(6)
+    np.testing.assert_array_equal(model(x), features(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"classes": 7}, "bn_epsilon=1e-05"),
+        ({"bn_epsilon": 1e-5}, "classes=1000"),
+        ({"bn_epsilon": 1e-5, "classes": 7, "shortcut": "C"}, "shortcut='B'"),
+    ],
+)
+def test_own_file_refuses_another_architecture(torch_like_resnet18, kwargs, named, no_building):
+    _, path = torch_like_resnet18
+    with pytest.raises(ValueError) as error:
+        keras_resnet.ResNet18(weights=path, **kwargs)
+    assert named in str(error.value)
+
+
+def test_own_file_of_another_depth(torch_like_resnet18, no_building):
+    _, path = torch_like_resnet18
+    with pytest.raises(ValueError, match="resnet18.*not a resnet34"):
+        keras_resnet.ResNet34(weights=path, bn_epsilon=1e-5, include_top=False)
+
+
+def test_keras_file(tmp_path):
+    original = randomize(keras_resnet.ResNet20(), 20)
+    path = str(tmp_path / "resnet20.keras")
+    original.save(path)
+    model = keras_resnet.ResNet20(weights=path)
+    x = images(7)
+    np.testing.assert_array_equal(model(x), original(x))
+
+
+def test_training_run_dir(tmp_path):
+    original = randomize(keras_resnet.ResNet20(classes=5), 21)
+    mean = np.full((SIZE, SIZE, 3), 120.0, "float32")
+    config = {"model": "resnet20", "model_kwargs": {"classes": 5}, "preprocessing": {"mode": "pixel_mean", "mean_file": saved_run.MEAN_FILE}}
+    saved_run.write_config(str(tmp_path), config, pixel_mean=mean)
+    checkpoint = tf.train.Checkpoint(model=original, step=tf.Variable(3))
+    tf.train.CheckpointManager(checkpoint, str(tmp_path / saved_run.CHECKPOINT_SUBDIR), max_to_keep=1).save()
+    model = keras_resnet.ResNet20(weights=str(tmp_path), include_top=False, pooling="avg")
+    features = keras.Model(original.inputs, original.get_layer("avg_pool").output)
+    x = images(8)
+    np.testing.assert_array_equal(model(x), features(x))
+    mode, loaded_mean = weights.preprocessing(str(tmp_path))
+    assert mode == "pixel_mean"
+    np.testing.assert_array_equal(loaded_mean, mean)
+    with pytest.raises(ValueError, match="classes=10"):
+        keras_resnet.ResNet20(weights=str(tmp_path))
+
+
+def test_save_refuses_a_mode_without_file(tmp_path):
+    with pytest.raises(ValueError, match="pixel_mean"):
+        weights.save(keras_resnet.ResNet20(), str(tmp_path / "m.weights.h5"), "pixel_mean")
