@@ -22,5 +22,20 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python train/cifar10.py --demo
 
+# torchvision comparisons (tests/test_convert.py) in their own environment, so the main one
+# stays free of torch. The pins are builds that run on the CPU: on x86_64 PyPI's default
+# (CUDA-capable) wheels, on aarch64 its CPU wheels. Override with INTEROP_TORCH=...
+INTEROP := .venv-interop
+INTEROP_STAMP := $(INTEROP)/.installed-interop
+INTEROP_TORCH ?= $(if $(filter aarch64 arm64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
+
+$(INTEROP_STAMP): pyproject.toml
+	test -x $(INTEROP)/bin/python || $(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install -q -e '.[dev,interop]' $(INTEROP_TORCH)
+	touch $(INTEROP_STAMP)
+
+test-interop: $(INTEROP_STAMP)
+	$(INTEROP)/bin/python -m pytest tests/test_convert.py
+
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,10 +1,15 @@
 """Input preprocessing: what a model's weights expect of an RGB image in 0..255.
 
 Plain arithmetic and slicing only, so the same function runs on NumPy arrays, tf.data
-tensors, JAX arrays and inside an exported graph.
+tensors, JAX arrays and inside an exported graph. `decode_predictions` names an ImageNet
+model's outputs from the class list shipped in the package (imagenet_classes.json), offline.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
 
 import numpy as np
 
@@ -37,3 +42,26 @@ def preprocess_input(x, mode="caffe", mean=None):
     if mode == "tf":
         return x / 127.5 - 1.0
     return x - np.asarray(mean, dtype="float32")
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes():
+    """The 1,000 ImageNet classes in output order, each (wnid, WordNet synonyms)."""
+    text = importlib.resources.files("keras_resnet").joinpath("imagenet_classes.json").read_text()
+    return tuple(tuple(row) for row in json.loads(text)["classes"])
+
+
+def decode_predictions(preds, top=5):
+    """The `top` classes of each row of `preds` (batch, 1000), best first, as (wnid, name, score)
+    like keras.applications; the name is the first WordNet synonym ("tench")."""
+    preds = np.asarray(preds)
+    classes = imagenet_classes()
+    if preds.ndim != 2 or preds.shape[1] != len(classes):
+        raise ValueError(f"preds of shape {preds.shape} must be (batch, {len(classes)}): ImageNet scores")
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= len(classes):
+        raise ValueError(f"top={top!r} must be an integer in 1..{len(classes)}")
+    decoded = []
+    for row in preds:
+        best = np.argsort(row)[::-1][:top]
+        decoded.append([(classes[i][0], classes[i][1].split(", ")[0], float(row[i])) for i in best])
+    return decoded

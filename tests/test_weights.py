@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet
-from keras_resnet import builders, saved_run, weights
+from keras_resnet import builders, saved_run, specs, weights
 
 SIZE = 32  # keras.applications' smallest input; the weights do not depend on it
 
@@ -52,17 +52,12 @@ def write_published_h5(model, path):
             names = [f"{layer.name}/{variable.name}:0".encode() for variable in variables]
             group.attrs["weight_names"] = names
             for name, variable in zip(names, variables):
-                group.create_dataset(name, data=keras.ops.convert_to_numpy(variable))
+                group.create_dataset(name, data=variable.numpy())
 
 
 def md5(path):
     with open(path, "rb") as f:
         return hashlib.md5(f.read()).hexdigest()
-
-
-def relative_difference(a, b):
-    a, b = np.asarray(a, dtype="float64"), np.asarray(b, dtype="float64")
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 def images(seed, size=SIZE, batch=2):
@@ -73,8 +68,9 @@ def images(seed, size=SIZE, batch=2):
 def published(tmp_path_factory):
     """ResNet50 files in the published format (with and without top) and their reference models."""
     directory = tmp_path_factory.mktemp("published")
-    top = randomize(keras.applications.ResNet50(weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None), 1)
-    notop = randomize(keras.applications.ResNet50(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), pooling="avg"), 2)
+    shape = (SIZE, SIZE, 3)
+    top = randomize(keras.applications.ResNet50(weights=None, input_shape=shape, classifier_activation=None), 1)
+    notop = randomize(keras.applications.ResNet50(weights=None, include_top=False, input_shape=shape, pooling="avg"), 2)
     files = {}
     for include_top, model in ((True, top), (False, notop)):
         path = str(directory / weights.IMAGENET_FILES[(50, include_top)].fname)
@@ -122,22 +118,22 @@ def test_written_file_is_what_keras_applications_reads(published):
     np.testing.assert_array_equal(reloaded(x), reference(x))
 
 
-def test_imagenet_from_cache_equals_keras_applications(published, keras_home, monkeypatch):
+def test_imagenet_from_cache_equals_keras_applications(published, keras_home, monkeypatch, rel_diff):
     place(published, keras_home, monkeypatch, include_top=True)
     model = keras_resnet.ResNet50(weights="imagenet", input_shape=(SIZE, SIZE, 3), classifier_activation=None)
     x = images(3)
-    assert relative_difference(model(x), published["models"][True](x)) <= 1e-5
+    assert rel_diff(model(x), published["models"][True](x)) <= 1e-5
     assert sum(int(np.prod(variable.shape)) for variable in model.trainable_weights) == 25_557_032
     assert weights.preprocessing("imagenet") == ("caffe", None)
 
 
-def test_imagenet_features_without_top(published, keras_home, monkeypatch):
+def test_imagenet_features_without_top(published, keras_home, monkeypatch, rel_diff):
     place(published, keras_home, monkeypatch, include_top=False)
-    model = keras_resnet.ResNet50(weights="imagenet", include_top=False, pooling="avg")
+    model = keras_resnet.ResNet50(weights="imagenet", include_top=False, pooling="avg", classes=10)
     x = images(4)
     got = model(x)
     assert got.shape == (2, 2048)
-    assert relative_difference(got, published["models"][False](x)) <= 1e-5
+    assert rel_diff(got, published["models"][False](x)) <= 1e-5
 
 
 def test_cached_file_with_another_hash_is_refused_and_kept(published, keras_home):
@@ -171,17 +167,31 @@ def test_failed_download_says_what_to_place_where(keras_home, monkeypatch, tmp_p
     assert str(keras_home / "models" / entry.fname) in str(error.value)
 
 
-@pytest.mark.parametrize("depth", [101, 152])
-def test_deeper_published_files_by_path(depth, tmp_path):
-    reference = randomize(
-        getattr(keras.applications, f"ResNet{depth}")(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)), depth
-    )
-    path = str(tmp_path / weights.IMAGENET_FILES[(depth, False)].fname)
+def test_resnet152_file_by_path(tmp_path, rel_diff):
+    reference = randomize(keras.applications.ResNet152(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)), 152)
+    path = str(tmp_path / weights.IMAGENET_FILES[(152, False)].fname)
     write_published_h5(reference, path)
-    model = getattr(keras_resnet, f"ResNet{depth}")(weights=path, include_top=False, input_shape=(SIZE, SIZE, 3))
-    x = images(depth)
-    assert relative_difference(model(x), reference(x)) <= 1e-5
+    model = keras_resnet.ResNet152(weights=path, include_top=False, input_shape=(SIZE, SIZE, 3))
+    x = images(152)
+    assert rel_diff(model(x), reference(x)) <= 1e-5
     assert weights.preprocessing(path) == ("caffe", None)
+
+
+def test_resnet101_file_is_ported_and_checked(tmp_path):
+    reference = randomize(keras.applications.ResNet101(weights=None, input_shape=(SIZE, SIZE, 3)), 101)
+    path = str(tmp_path / weights.IMAGENET_FILES[(101, True)].fname)
+    write_published_h5(reference, path)
+    source = weights.resolve(
+        path, specs.imagenet_spec(101), residual=True, shortcut="B", stride_in="1x1",
+        bn_epsilon=1.001e-5, include_top=True, classes=1000,
+    )
+    assert source.architecture == weights.published_architecture(101, include_top=True)
+    conv, bn = reference.get_layer("conv4_block23_3_conv"), reference.get_layer("conv4_block23_3_bn")
+    np.testing.assert_allclose(source.arrays[bn.name]["moving_mean"], bn.moving_mean - conv.bias, rtol=1e-6)
+    assert "bias" not in source.arrays[conv.name]
+    assert weights.build_kwargs(path) == {"shortcut": "B", "stride_in": "1x1", "bn_epsilon": 1.001e-5}
+    with pytest.raises(ValueError, match="resnet101.*not a resnet152"):
+        keras_resnet.ResNet152(weights=path)
 
 
 @pytest.fixture
@@ -255,7 +265,7 @@ def test_own_file_loads_like_keras_load_weights(torch_like_resnet18):
 def test_own_file_into_a_headless_model(torch_like_resnet18):
     original, path = torch_like_resnet18
     model = keras_resnet.ResNet18(weights=path, include_top=False, bn_epsilon=1e-5)
-    features = keras.Model(original.inputs, original.get_layer("conv5_block2_out").output)
+    features = keras.Model(original.input, original.get_layer("conv5_block2_out").output)
     x = images(6)
     np.testing.assert_array_equal(model(x), features(x))
 
@@ -293,12 +303,16 @@ def test_keras_file(tmp_path):
 def test_training_run_dir(tmp_path):
     original = randomize(keras_resnet.ResNet20(classes=5), 21)
     mean = np.full((SIZE, SIZE, 3), 120.0, "float32")
-    config = {"model": "resnet20", "model_kwargs": {"classes": 5}, "preprocessing": {"mode": "pixel_mean", "mean_file": saved_run.MEAN_FILE}}
+    config = {
+        "model": "resnet20",
+        "model_kwargs": {"classes": 5},
+        "preprocessing": {"mode": "pixel_mean", "mean_file": saved_run.MEAN_FILE},
+    }
     saved_run.write_config(str(tmp_path), config, pixel_mean=mean)
     checkpoint = tf.train.Checkpoint(model=original, step=tf.Variable(3))
     tf.train.CheckpointManager(checkpoint, str(tmp_path / saved_run.CHECKPOINT_SUBDIR), max_to_keep=1).save()
     model = keras_resnet.ResNet20(weights=str(tmp_path), include_top=False, pooling="avg")
-    features = keras.Model(original.inputs, original.get_layer("avg_pool").output)
+    features = keras.Model(original.input, original.get_layer("avg_pool").output)
     x = images(8)
     np.testing.assert_array_equal(model(x), features(x))
     mode, loaded_mean = weights.preprocessing(str(tmp_path))
