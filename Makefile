@@ -38,4 +38,4 @@ test-interop: $(INTEROP_STAMP)
 	$(INTEROP)/bin/python -m pytest tests/test_convert.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(INTEROP) runs build *.egg-info

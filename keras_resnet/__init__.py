@@ -36,6 +36,7 @@ from keras_resnet.builders import (
     list_models,
 )
 from keras_resnet.flops import count_flops
+from keras_resnet.preprocessing import decode_predictions, preprocess_input
 from keras_resnet.specs import NetSpec, cifar_spec, imagenet_spec
 
 __version__ = "0.1.0"
