@@ -1,0 +1,100 @@
+"""tf.data input pipelines with the paper's augmentation and test views (sections 3.4, 4.2).
+
+    import keras_resnet.data as data
+    input_fn = data.make_input_fn("cifar10", "train", 128, training=True, data_dir=DIR)
+    dataset = strategy.distribute_datasets_from_function(input_fn)
+
+Names: "digits" (sklearn's bundled 8x8 digits as 32x32 RGB, offline), "cifar10",
+"cifar100", "imagenet" (alias "imagenet2012"), and any TFDS image-classification name,
+plain or as "tfds:<name>". Sets of fixed images up to 64x64 are held in memory and get
+the CIFAR views; the others are streamed and get the ImageNet views.
+
+Where the files are (`data_dir`):
+- digits: nothing needed (scikit-learn ships them).
+- cifar10 / cifar100: DIR holding cifar-10-python.tar.gz or cifar-10-batches-py/
+  (likewise cifar-100), else a TFDS data dir (None: TFDS's default).
+- imagenet: `detect_source(DIR)` picks TFRecord shards (train-00000-of-01024, ...,
+  validation-...; image/encoded, image/class/label from 1), class folders
+  (train/<wnid>/*.JPEG, validation/ or val/), or a TFDS data dir (prepared, or
+  downloads/manual/ILSVRC2012_img_{train,val}.tar to prepare). "test" reads validation.
+- other TFDS names: a TFDS data dir (None: TFDS's default).
+
+make_input_fn(name, split, global_batch_size, *, training, data_dir=None,
+              preprocess_mode="pixel_mean", mean=None, seed=None, deterministic=False,
+              shuffle_buffer=None, cache=None, val_split=False, image_size=None,
+              augment="scale", lighting=0.1, view="center", scale=None, skip_counter=None)
+    -> input_fn(input_context or None) -> Dataset of (images float32 [b, H, W, 3],
+    labels int32 [b]). The batch b is input_context.get_per_replica_batch_size(global)
+    (a global batch not divisible by the replicas in sync is a ValueError), or the
+    global batch without a context. Each input pipeline reads its own files
+    (input_pipeline_id of num_input_pipelines; in-memory sets: every n-th example).
+    training=True: shuffled, repeated forever, augmented, drop_remainder:
+      in-memory sets: preprocess, then zero-pad 4, random crop, flip (section 4.2; the mean
+        is subtracted before padding so it stays aligned and the padding is 0 at the input);
+      ImageNet-like: augment="scale" (the paper: shorter side uniform in [256, 480], random
+        224 crop, chosen in source pixels so only the crop is decoded and resized) or
+        "inception" (random-resized crop, 8-100% area), flip, AlexNet PCA lighting of
+        std `lighting` (0: off), then preprocess_input.
+    training=False: one pass in file order, deterministic, drop_remainder=False, with `view`:
+      "center" (in-memory sets: the original image; ImageNet: shorter side 256, centre 224),
+      "10crop" -> [b, 10, 224, 224, 3] (4 corners + centre, then their flips),
+      "multiscale" -> [1, 2, S, S*w/h, 3] (whole image with shorter side `scale`, and its
+      flip; batch 1 per replica since sizes differ; one input_fn per scale, the paper's
+      scales being views.MULTI_SCALES = (224, 256, 384, 480, 640)).
+    preprocess_mode/mean: keras_resnet.preprocessing.preprocess_input, the last step on
+      the 0..255 image; mode "pixel_mean" with mean=None uses pixel_mean(name, data_dir)
+      (ImageNet-like sets: the per-channel ImageNet mean); mean may be 3 values, [1, 1, 3]
+      or [H, W, 3].
+    image_size: output size (default dataset_info().image_size); ImageNet's 256 and
+      [256, 480] scale with it.
+    seed: fixes file order, shuffles and every augmentation (stateless ops seeded by
+      (seed, the element's number in the stream): new views each epoch); with
+      deterministic=True the order of parallel work is fixed too, so batches repeat exactly.
+      Each input pipeline offsets the seed by its id.
+    shuffle_buffer: examples (in-memory sets: the whole set) or encoded records (10,000).
+    cache: True caches the unaugmented examples in memory, a string in files with that
+      prefix; None/False: no cache (in-memory sets need none).
+    val_split: in-memory sets only: "train" is 9/10 of the training set, "validation" the
+      other 1/10 (CIFAR's 45k/5k, fixed seed), "test" unchanged.
+    input_fn.skip_counter, input_fn.info: see below and dataset_info.
+make_eval_input_fn(name, split, global_batch_size, *, view="center", scale=None, **kw)
+    -> make_input_fn(..., training=False, view=view, scale=scale, **kw).
+dataset_info(name, data_dir=None, val_split=False) -> DatasetInfo(name, source,
+    num_classes, image_size, num_examples {split: n}, class_names or None, small).
+pixel_mean(name, data_dir=None, val_split=False) -> float32 [H, W, 3] training-set mean
+    image (ImageNet-like: the per-channel mean as [1, 1, 3]).
+digits(split) -> Dataset of (uint8 [32, 32, 3], int32): 1,437 train / 360 test, fixed.
+detect_source(data_dir) -> "tfrecord" | "folders" | "cifar_python" | "tfds", or a
+    ValueError listing the layouts it reads.
+
+Skipped records (streamed sets): a corrupt or truncated image, a record that does not
+parse, or a TFRecord shard cut short is skipped, printed to stderr with its file, and
+counted, exactly and at once; the rest goes on (a shard is read up to the break). How:
+the elements are numbered, decoded by a parallel map that keeps their order, passed
+through `ignore_errors`, batched; the numbers missing from a batch are the skips (see
+skips.py). The count is `input_fn.skip_counter.count` (records skipped so far by this
+input_fn's pipelines; `.reset()` returns it and starts again, e.g. at each epoch's
+end). Pass one `skip_counter=SkipCounter()` to several input_fns to add them up.
+A label outside [0, classes) is not skipped: it stops the pipeline with an error
+naming its file (TFRecords, checked as read) or a ValueError before reading (CIFAR).
+"""
+
+from keras_resnet.data.arrays import digits, load_arrays
+from keras_resnet.data.catalog import DatasetInfo
+from keras_resnet.data.info import dataset_info, pixel_mean
+from keras_resnet.data.pipeline import make_eval_input_fn, make_input_fn, per_replica_batch_size
+from keras_resnet.data.skips import SkipCounter
+from keras_resnet.data.sources import detect_source
+
+__all__ = [
+    "DatasetInfo",
+    "SkipCounter",
+    "dataset_info",
+    "detect_source",
+    "digits",
+    "load_arrays",
+    "make_eval_input_fn",
+    "make_input_fn",
+    "per_replica_batch_size",
+    "pixel_mean",
+]
