@@ -1,0 +1,73 @@
+"""Export a model to ONNX (tf2onnx), verified in onnxruntime before it appears.
+
+    python export/to_onnx.py --model_dir runs/demo --output runs/demo/resnet20.onnx --int8 --fp16
+    python export/to_onnx.py --model resnet50 --weights r50.weights.h5 --output r50.onnx --opset 18
+
+The graph takes float RGB 0..255 `images` [batch, H, W, 3] (dynamic batch) with the
+preprocessing inside, and returns `logits`, `probabilities`, `top_k_classes`, `top_k_scores`.
+--fp16 / --int8 also write <output>.fp16.onnx / <output>.int8.onnx (int8: static QDQ,
+per-channel, calibrated on real training images) and print their error against the Keras
+model, and test accuracy where the data set has a test split. Exits non-zero, leaving no file
+at the target, when an input is bad or a check fails.
+"""
+
+from absl import app, flags, logging
+
+from keras_resnet.export import cli
+
+cli.define_source_flags()
+flags.adopt_module_key_flags(cli)
+flags.DEFINE_string("output", None, "The .onnx file to write (fp16/int8 copies go beside it).", required=True)
+flags.DEFINE_integer("opset", 17, "ONNX opset (17 or above, up to what tf2onnx writes).")
+flags.DEFINE_bool("fp16", False, "Also write a float16 copy (float32 inputs and outputs) and report its error.")
+flags.DEFINE_bool("int8", False, "Also write a static int8 QDQ per-channel copy calibrated on --calibration_count training images of --dataset.")
+flags.DEFINE_integer("calibration_count", 300, "Training images for int8 calibration.")
+flags.DEFINE_integer("eval_count", 1000, "Test images on which fp16/int8 are compared with float32 (accuracy and top-1 agreement).")
+flags.DEFINE_integer("top_k", 5, "How many classes top_k_classes / top_k_scores return.")
+flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+FLAGS = flags.FLAGS
+
+
+def _real_images(source):
+    """(calibration images, eval images, eval labels) from the model's data set, or Nones."""
+    from keras_resnet.export.calibration import dataset_images
+
+    if not (FLAGS.int8 or FLAGS.fp16):
+        return None, None, None
+    if source.dataset is None:
+        if FLAGS.int8:
+            raise ValueError("--int8 needs real calibration images: pass --dataset (a run dir names its own)")
+        return None, None, None
+    kwargs = {"data_dir": source.data_dir, "image_size": source.image_size[0]}
+    calibration_images, _ = dataset_images(source.dataset, "train", FLAGS.calibration_count, **kwargs)
+    eval_images, eval_labels = dataset_images(source.dataset, "test", FLAGS.eval_count, **kwargs)
+    return calibration_images, eval_images, eval_labels
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # the converters log every step at INFO
+    from keras_resnet.export.onnx import check_opset, check_output, export_onnx
+
+    cli.exit_on_error(check_opset, FLAGS.opset)
+    cli.exit_on_error(check_output, FLAGS.output, FLAGS.overwrite, FLAGS.fp16, FLAGS.int8)
+    source = cli.exit_on_error(cli.source_from_flags)
+    calibration_images, eval_images, eval_labels = cli.exit_on_error(_real_images, source)
+    cli.exit_on_error(
+        export_onnx,
+        source,
+        FLAGS.output,
+        opset=FLAGS.opset,
+        fp16=FLAGS.fp16,
+        int8=FLAGS.int8,
+        calibration_images=calibration_images,
+        eval_images=eval_images,
+        eval_labels=eval_labels,
+        top_k=FLAGS.top_k,
+        overwrite=FLAGS.overwrite,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,53 @@
+"""Export a model as a TF Serving SavedModel, verified in a new process before it appears.
+
+    python export/to_saved_model.py --model_dir runs/demo --base_path /srv/models
+    python export/to_saved_model.py --model resnet50 --weights r50.weights.h5 --labels classes.txt --base_path /srv/models
+    python export/to_saved_model.py --keras_file net.keras --preprocess_mode tf --base_path /srv/models --version 3 --overwrite
+
+Writes <base_path>/<model_name>/<version>/ (signatures serving_default: float RGB 0..255
+[batch, H, W, 3]; serve_image_bytes: encoded JPEG/PNG [batch]; warm-up records in
+assets.extra/) and <base_path>/models.config. Exits non-zero, leaving no version dir, when an
+input is bad or the exported signatures differ from the Keras model.
+"""
+
+from absl import app, flags, logging
+
+from keras_resnet.export import cli
+
+cli.define_source_flags()
+flags.adopt_module_key_flags(cli)
+flags.DEFINE_string("base_path", None, "TF Serving's model base path: the SavedModel goes to <base_path>/<model_name>/<version>/.", required=True)
+flags.DEFINE_string("version", None, "Integer version dir (default: one above the highest existing version, or 1).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing version dir (without it, an existing version is an error).")
+flags.DEFINE_integer("top_k", 5, "How many classes top_k_classes / top_k_scores return.")
+flags.DEFINE_float("crop_fraction", None, "serve_image_bytes: the centre crop's share of the shorter side (default 1.0 for nets of 64 pixels or less, else 0.875: 224 of 256).")
+flags.DEFINE_string("serving_base", "/models", "Where base_path is mounted for TF Serving, used in models.config (default: the container's /models).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # the converters log every step at INFO
+    from keras_resnet.export.saved_model import export_saved_model, parse_version
+    from keras_resnet.export.tf_serving import serving_instructions
+
+    if FLAGS.version is not None:
+        cli.exit_on_error(parse_version, FLAGS.version)  # before loading a model that may be large
+    source = cli.exit_on_error(cli.source_from_flags)
+    result = cli.exit_on_error(
+        export_saved_model,
+        source,
+        FLAGS.base_path,
+        version=FLAGS.version,
+        overwrite=FLAGS.overwrite,
+        top_k=FLAGS.top_k,
+        crop_fraction=FLAGS.crop_fraction,
+        serving_base=FLAGS.serving_base,
+    )
+    print(f"models.config: {result.models_config}")
+    print(serving_instructions(FLAGS.base_path, source.name))
+
+
+if __name__ == "__main__":
+    app.run(main)

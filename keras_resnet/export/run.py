@@ -1,0 +1,70 @@
+"""Export a training run dir to both formats, checked, and say how to serve it (`make demo`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from keras_resnet.export import calibration, onnx, saved_model, sources, tf_serving
+
+EVAL_COUNT = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class RunExport:
+    """The verified artifacts of one run."""
+
+    saved_model: saved_model.SavedModelExport
+    onnx: onnx.OnnxExport
+
+
+def export_run(
+    model_dir,
+    output_dir=None,
+    *,
+    model_name=None,
+    version=None,
+    opset=onnx.MIN_OPSET,
+    fp16=False,
+    int8=True,
+    calibration_count=onnx.CALIBRATION_COUNT,
+    eval_count=EVAL_COUNT,
+    log=print,
+):
+    """Export the newest checkpoint of `model_dir` under `output_dir` (default
+    `<model_dir>/export`): `saved_model/<name>/<version>/` + `saved_model/models.config` for
+    TF Serving, and `onnx/<name>.onnx` (+ `.int8.onnx` calibrated on the run's training data,
+    with test accuracy against float32). Every artifact is verified before it appears."""
+    source = sources.from_run_dir(model_dir, name=model_name)
+    output_dir = output_dir or os.path.join(model_dir, "export")
+    base_path = os.path.join(output_dir, "saved_model")
+    onnx_path = os.path.join(output_dir, "onnx", f"{source.name}.onnx")
+    saved_model.check_target(base_path, source.name, version, overwrite=False)
+    onnx.check_opset(opset)
+    data_kwargs = {"data_dir": source.data_dir, "image_size": source.image_size[0]}
+    calibration_images = eval_images = eval_labels = None
+    if int8 and source.dataset is None:
+        log(f"no data set named in {model_dir}/config.json: skipping int8 (it needs real calibration images)")
+        int8 = False
+    if int8:
+        calibration_images, _ = calibration.dataset_images(source.dataset, "train", calibration_count, **data_kwargs)
+        eval_images, eval_labels = calibration.dataset_images(source.dataset, "test", eval_count, **data_kwargs)
+    exported_saved_model = saved_model.export_saved_model(source, base_path, version=version, log=log)
+    exported_onnx = onnx.export_onnx(
+        source,
+        onnx_path,
+        opset=opset,
+        fp16=fp16,
+        int8=int8,
+        calibration_images=calibration_images,
+        eval_images=eval_images,
+        eval_labels=eval_labels,
+        overwrite=True,
+        log=log,
+    )
+    log(f"Artifacts of {model_dir}:\n  SavedModel {exported_saved_model.path}\n  models.config {exported_saved_model.models_config}")
+    for path in (exported_onnx.path, exported_onnx.fp16_path, exported_onnx.int8_path):
+        if path:
+            log(f"  ONNX {path}")
+    log(tf_serving.serving_instructions(base_path, source.name))
+    return RunExport(exported_saved_model, exported_onnx)

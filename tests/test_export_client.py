@@ -1,0 +1,135 @@
+"""The serving client: gRPC and REST requests built by the client are answered by the
+SavedModel's own signatures (as TF Serving would run them) and the answers parsed back.
+A live TF Serving is tested only when TF_SERVING_URL is set."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import keras_resnet
+from keras_resnet.export import client, saved_model, sources
+from keras_resnet.export.graph import ServingGraph
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = tuple(f"digit {i}" for i in range(10))
+
+
+def png(seed, size=(32, 32)):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3)).astype("uint8")).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def signatures(tmp_path_factory):
+    """The signatures of a ResNet-20 SavedModel with class names, loaded as TF Serving does."""
+    source = sources.ModelSource(keras_resnet.get_builder("resnet20")(), "tf", class_names=NAMES, name="resnet20")
+    path = str(tmp_path_factory.mktemp("client") / "1")
+    saved_model.write_saved_model(ServingGraph(source), path, "resnet20")
+    return tf.saved_model.load(path).signatures
+
+
+def answer_grpc(signatures, request_bytes):
+    """What TF Serving's Predict does with a serialized PredictRequest."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest.FromString(request_bytes)
+    inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+    outputs = signatures[request.model_spec.signature_name](**inputs)
+    response = predict_pb2.PredictResponse()
+    for name, value in outputs.items():
+        response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+    return response.SerializeToString(), {k: v.numpy() for k, v in outputs.items()}
+
+
+def answer_rest(signatures, body_text):
+    """What TF Serving's REST predict does with a row-format body of {"b64": ...} instances."""
+    body = json.loads(body_text)
+    data = [base64.b64decode(instance["b64"]) for instance in body["instances"]]
+    outputs = {k: v.numpy() for k, v in signatures[body["signature_name"]](image_bytes=tf.constant(data)).items()}
+
+    def plain(value):
+        return value.decode() if isinstance(value, bytes) else value
+
+    rows = [{k: [plain(x) for x in v[i].tolist()] for k, v in outputs.items()} for i in range(len(data))]
+    return json.dumps({"predictions": rows}), outputs
+
+
+def check_parsed(parsed, outputs):
+    assert len(parsed) == len(outputs["top_k_classes"])
+    for ranked, classes, scores, names in zip(parsed, outputs["top_k_classes"], outputs["top_k_scores"], outputs["class_names"]):
+        assert [p.class_id for p in ranked] == classes.tolist()
+        np.testing.assert_allclose([p.score for p in ranked], scores, rtol=1e-6)
+        assert [p.class_name for p in ranked] == [n.decode() for n in names] == [NAMES[c] for c in classes]
+
+
+def test_grpc_request_is_answered_by_the_bytes_signature_and_parsed(signatures):
+    request = client.predict_request("resnet20", [png(1), png(2, (48, 40))], version=3)
+    assert (request.model_spec.name, request.model_spec.signature_name, request.model_spec.version.value) == ("resnet20", "serve_image_bytes", 3)
+    response_bytes, outputs = answer_grpc(signatures, request.SerializeToString())
+    from tensorflow_serving.apis import predict_pb2
+
+    check_parsed(client.parse_predict_response(predict_pb2.PredictResponse.FromString(response_bytes)), outputs)
+
+
+def test_rest_body_is_answered_by_the_bytes_signature_and_parsed(signatures):
+    images = [png(3), png(4), png(5, (64, 64))]
+    answer, outputs = answer_rest(signatures, json.dumps(client.rest_body(images)))
+    check_parsed(client.parse_rest_response(json.loads(answer)), outputs)
+    columnar = {"outputs": {k: [[x.decode() if isinstance(x, bytes) else x for x in row] for row in v.tolist()] for k, v in outputs.items()}}
+    check_parsed(client.parse_rest_response(columnar), outputs)
+
+
+def test_printed_predictions_name_the_classes(signatures):
+    answer, _ = answer_rest(signatures, json.dumps(client.rest_body([png(6)])))
+    text = client.format_predictions(["a.png"], client.parse_rest_response(json.loads(answer)))
+    assert text.splitlines()[0] == "a.png" and len(text.splitlines()) == 6 and "digit" in text
+
+
+def test_client_errors_are_clear(tmp_path):
+    assert client.rest_url("http://h:8501/", "r20", 2) == "http://h:8501/v1/models/r20/versions/2:predict"
+    with pytest.raises(ValueError, match="http://"):
+        client.rest_url("h:8501", "r20")
+    with pytest.raises(ValueError, match="not a file"):
+        client.read_images([str(tmp_path / "missing.png")])
+    with pytest.raises(ValueError, match="TF Serving answered an error"):
+        client.parse_rest_response({"error": "Servable not found"})
+
+
+def test_command_line_needs_exactly_one_server(tmp_path):
+    (tmp_path / "a.png").write_bytes(png(7))
+    env = {**os.environ, "PYTHONPATH": REPO}
+    process = subprocess.run(
+        [sys.executable, "export/client.py", "--model_name", "r20", str(tmp_path / "a.png")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert process.returncode != 0 and "exactly one of --server" in process.stderr
+    helped = subprocess.run([sys.executable, "export/client.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert all(flag in helped.stdout for flag in ("--server", "--rest_url", "--model_name", "--version"))
+
+
+LIVE = os.environ.get("TF_SERVING_URL")
+LIVE_REASON = (
+    "TF_SERVING_URL is not set: set it to a running TF Serving's REST address (e.g. http://localhost:8501, "
+    "optionally TF_SERVING_GRPC=localhost:8500 and TF_SERVING_MODEL, default resnet20) to test the client live"
+)
+
+
+@pytest.mark.skipif(not LIVE, reason=LIVE_REASON)
+def test_live_tf_serving_answers_the_client():
+    model = os.environ.get("TF_SERVING_MODEL", "resnet20")
+    images = [png(8), png(9, (64, 48))]
+    for predictions in [client.predict_rest(LIVE, model, images)] + (
+        [client.predict_grpc(os.environ["TF_SERVING_GRPC"], model, images)] if os.environ.get("TF_SERVING_GRPC") else []
+    ):
+        assert len(predictions) == 2 and all(len(ranked) >= 1 for ranked in predictions)
+        assert all(0.0 <= p.score <= 1.0 for ranked in predictions for p in ranked)
+

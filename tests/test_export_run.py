@@ -1,0 +1,103 @@
+"""export_run on a digits-trained ResNet-20 run dir: both formats, and the static int8 ONNX
+(QDQ, per-channel, calibrated on real training images) with its accuracy cost measured."""
+
+import os
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import tensorflow as tf
+
+import keras_resnet
+from keras_resnet import saved_run
+from keras_resnet.data import load_arrays
+from keras_resnet.export import export_run
+from keras_resnet.preprocessing import preprocess_input
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A ResNet-20 trained briefly on digits (about 98% test accuracy), saved as the trainer's
+    run-dir contract says."""
+    keras.utils.set_random_seed(0)
+    images, labels = load_arrays("digits", "train")
+    mean = images.astype("float32").mean(axis=0)
+    model = keras_resnet.get_builder("resnet20")()
+    optimizer = keras.optimizers.Adam(1e-3)
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    model.fit(preprocess_input(images.astype("float32"), "pixel_mean", mean), labels, batch_size=32, epochs=2, verbose=0)
+    path = str(tmp_path_factory.mktemp("run") / "digits_r20")
+    config = {
+        "model": "resnet20",
+        "model_kwargs": {},
+        "dataset": "digits",
+        "data_dir": None,
+        "preprocessing": {"mode": "pixel_mean", "mean_file": saved_run.MEAN_FILE},
+        "class_names": [str(i) for i in range(10)],
+    }
+    saved_run.write_config(path, config, pixel_mean=mean)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=tf.Variable(0))
+    tf.train.CheckpointManager(checkpoint, os.path.join(path, saved_run.CHECKPOINT_SUBDIR), max_to_keep=1).save()
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    lines = []
+    return export_run(run_dir, log=lines.append), "\n".join(lines)
+
+
+def test_both_formats_land_where_the_printout_says(run_dir, exported):
+    result, printed = exported
+    assert result.saved_model.path == os.path.join(run_dir, "export", "saved_model", "resnet20", "1")
+    assert os.path.isfile(os.path.join(result.saved_model.path, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(run_dir, "export", "saved_model", "models.config"))
+    assert result.onnx.int8_path == os.path.join(run_dir, "export", "onnx", "resnet20.int8.onnx")
+    for path in (result.saved_model.path, result.onnx.path, result.onnx.int8_path):
+        assert path in printed
+    assert "docker run" in printed and "export/client.py" in printed and "curl" in printed
+
+
+def test_int8_is_static_qdq_with_per_channel_conv_weights(exported):
+    model = onnx.load(exported[0].onnx.int8_path)
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    ops = [node.op_type for node in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+    conv_weights = [node for node in model.graph.node if node.op_type == "Conv"]
+    producers = {out: node for node in model.graph.node for out in node.output}
+    per_channel = 0
+    for conv in conv_weights:
+        weight = producers[conv.input[1]]
+        assert weight.op_type == "DequantizeLinear"
+        quantized, scale = initializers[weight.input[0]], initializers[weight.input[1]]
+        assert quantized.data_type == onnx.TensorProto.INT8
+        per_channel += scale.dims[0] == quantized.dims[0] > 1
+    assert per_channel == len(conv_weights) == 19  # 6n+2 = 20 layers: 19 convs and the fc
+
+
+def test_int8_accuracy_cost_is_measured_on_the_test_images(exported):
+    accuracy = exported[0].onnx.accuracy
+    print(f"digits ResNet-20 fp32 vs int8: {accuracy}")
+    assert accuracy["images"] == 360
+    assert accuracy["fp32_agreement_with_keras"] == 1.0
+    assert accuracy["fp32_accuracy"] == accuracy["keras_accuracy"] > 0.9
+    assert abs(accuracy["int8_accuracy"] - accuracy["fp32_accuracy"]) <= 0.01
+    assert accuracy["int8_agreement_with_keras"] >= 0.95
+    assert "int8_accuracy" in exported[1] and "int8 vs Keras" in exported[1]
+
+
+def test_int8_model_runs_at_any_batch(exported):
+    session = onnxruntime.InferenceSession(exported[0].onnx.int8_path, providers=["CPUExecutionProvider"])
+    images, _ = load_arrays("digits", "test")
+    for batch in (1, 3):
+        probabilities = session.run(["probabilities"], {"images": images[:batch].astype("float32")})[0]
+        assert probabilities.shape == (batch, 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_run_dir_without_checkpoint_writes_nothing(tmp_path):
+    saved_run.write_config(str(tmp_path), {"model": "resnet20", "preprocessing": {"mode": "tf"}})
+    with pytest.raises(ValueError, match="no checkpoint"):
+        export_run(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
