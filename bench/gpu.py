@@ -1,0 +1,222 @@
+"""ResNet-50 training and inference images/s on a GPU: keras_resnet on whichever Keras backend
+is installed (TensorFlow, or JAX with KERAS_BACKEND=jax) against torchvision's ResNet-50, in
+the same run, interleaved (A B C D) after warm-up.
+
+  keras_resnet_train       model.train_on_batch: forward, backward, SGD momentum 0.9, under
+                           the mixed_bfloat16 policy, compiled by the backend (XLA for JAX)
+  keras_resnet_inference   model.predict_on_batch, mixed_bfloat16
+  torchvision_train        torchvision.models.resnet50, channels_last, bf16 autocast,
+                           torch.compile, SGD momentum 0.9
+  torchvision_inference    the same under torch.inference_mode
+
+Batches are made once on the device, so no row times a host-to-device copy. torchvision's
+ResNet-50 is v1.5 (stride on the 3x3: 4.09 GMAC per image at 224); keras_resnet's default is
+the paper's (stride on the 1x1: 3.86 GMAC): --stride_in=3x3 times the same net as
+torchvision. GFLOP/s counts each net's own multiply-adds (x2; x3 for a training step), and
+peak_fraction is against the bfloat16 matmul rate measured in the same process.
+
+This script never imports TensorFlow unless it is the Keras backend (the GPU image has JAX
+and PyTorch only), and the torch rows are skipped, with the reason, where torch is missing.
+
+    KERAS_BACKEND=jax python bench/gpu.py --json /tmp/gpu.json
+    KERAS_BACKEND=jax python bench/gpu.py --quick --json /tmp/gpu.json   # tiny CPU smoke run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# JAX would otherwise take 75 % of the GPU's memory at start, leaving torch too little.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from absl import app, flags  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import timing  # noqa: E402  (bench/timing.py, beside this script)
+
+ROWS = ("keras_resnet_train", "keras_resnet_inference", "torchvision_train", "torchvision_inference")
+REFERENCE = {"keras_resnet_train": "torchvision_train", "keras_resnet_inference": "torchvision_inference"}
+CLASSES = 1000
+QUICK = {"batch_size": 2, "image_size": 64, "iterations": 2, "warmup": 1, "matmul_size": 256, "torch_compile": False}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 256, "Images per step.")
+flags.DEFINE_integer("image_size", 224, "Input height and width.")
+flags.DEFINE_enum("stride_in", "1x1", ["1x1", "3x3"], "keras_resnet's bottleneck stride: 1x1 (the paper) or 3x3 (torchvision's v1.5).")
+flags.DEFINE_list("rows", list(ROWS), f"Rows to run, a comma list from {','.join(ROWS)}.")
+flags.DEFINE_integer("iterations", 30, "Timed steps per row (interleaved rounds).")
+flags.DEFINE_integer("warmup", 5, "Untimed steps per row first (compilation, autotuning).")
+flags.DEFINE_integer("matmul_size", 8192, "Side of the square bfloat16 matmul that measures the device's peak.")
+flags.DEFINE_bool("torch_compile", True, "torch.compile torchvision's model (off: eager).")
+flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
+flags.DEFINE_bool(
+    "quick", False,
+    "Tiny smoke run that works on a CPU: batch 2, 64x64, 2 steps, 256x256 matmul, torch.compile off; "
+    "proves the script works, its figures mean nothing.",
+)
+
+
+def settings():
+    """The flags, with --quick's small sizes where a flag was not given."""
+    values = {name: getattr(FLAGS, name) for name in QUICK}
+    if FLAGS.quick:
+        values.update({name: value for name, value in QUICK.items() if not FLAGS[name].present})
+    return values
+
+
+def synthetic_batch(batch_size, size):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch_size, size, size, 3)).astype("float32")
+    return images, rng.integers(0, CLASSES, size=batch_size).astype("int32")
+
+
+def keras_calls(run, wanted):
+    """keras_resnet's ResNet-50 rows; the backend's own compiled train and predict steps.
+    Returns (calls, multiply-adds per image)."""
+    import keras
+
+    from keras_resnet import ResNet50, count_flops
+
+    size = run["image_size"]
+    model = ResNet50(input_shape=(size, size, 3), stride_in=FLAGS.stride_in, classifier_activation=None)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    images, labels = synthetic_batch(run["batch_size"], size)
+    images, labels = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
+    calls = {
+        "keras_resnet_train": lambda: model.train_on_batch(images, labels),  # returns host floats: synchronised
+        "keras_resnet_inference": lambda: model.predict_on_batch(images),  # returns a NumPy array
+    }
+    return {name: call for name, call in calls.items() if name in wanted}, count_flops(model)
+
+
+def torch_calls(run, wanted):
+    """torchvision's ResNet-50 rows (channels_last, bf16 autocast, torch.compile).
+
+    Returns (calls, multiply-adds per image, skipped reason or None)."""
+    wanted = wanted & {"torchvision_train", "torchvision_inference"}
+    if not wanted:
+        return {}, None, None
+    try:
+        import torch
+        import torchvision
+    except ImportError as error:
+        return {}, None, f"torch/torchvision not installed ({error})"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    images, labels = synthetic_batch(run["batch_size"], run["image_size"])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(labels).long().to(device)
+
+    def prepared(model):
+        model = model.to(device, memory_format=torch.channels_last)
+        return torch.compile(model) if run["torch_compile"] else model
+
+    def synchronised(fn):
+        def call():
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        return call
+
+    train_model = torchvision.models.resnet50()
+    compiled_train = prepared(train_model)
+    optimizer = torch.optim.SGD(train_model.parameters(), lr=0.1, momentum=0.9)
+
+    def train_step():
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(compiled_train(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    compiled_eval = prepared(torchvision.models.resnet50().eval())
+
+    def inference_step():
+        with torch.inference_mode(), torch.autocast(device_type=device, dtype=torch.bfloat16):
+            compiled_eval(x)
+
+    calls = {"torchvision_train": synchronised(train_step), "torchvision_inference": synchronised(inference_step)}
+    return {name: call for name, call in calls.items() if name in wanted}, torchvision_multiply_adds(run["image_size"]), None
+
+
+def torchvision_multiply_adds(size):
+    """torchvision's ResNet-50 is keras_resnet's with the stride on the 3x3 (v1.5): count that."""
+    from keras_resnet import ResNet50, count_flops
+
+    return count_flops(ResNet50(input_shape=(size, size, 3), stride_in="3x3"))
+
+
+def main(argv):
+    del argv
+    unknown = sorted(set(FLAGS.rows) - set(ROWS))
+    if unknown:
+        raise app.UsageError(f"--rows {unknown} unknown; choose from {', '.join(ROWS)}")
+    run = settings()
+    for name in ("batch_size", "iterations", "matmul_size"):
+        if run[name] < 1:
+            raise app.UsageError(f"--{name}={run[name]} must be >= 1")
+    if run["image_size"] < 32:
+        raise app.UsageError(f"--image_size={run['image_size']} must be >= 32 (ResNet-50 reduces by 32)")
+    import keras
+
+    # This script is the whole program: the policy is set for all its models, for its lifetime.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    wanted = set(FLAGS.rows)
+    calls, macs = {}, {}
+    if wanted & {"keras_resnet_train", "keras_resnet_inference"}:
+        keras_rows, keras_macs = keras_calls(run, wanted)
+        calls.update(keras_rows)
+        macs.update(dict.fromkeys(keras_rows, keras_macs))
+    torch_rows, torch_macs, reason = torch_calls(run, wanted)
+    calls.update(torch_rows)
+    macs.update(dict.fromkeys(torch_rows, torch_macs))
+    skipped = {name: reason for name in ROWS if reason and name in wanted and name.startswith("torchvision_")}
+    peak = timing.matmul_gflops(run["matmul_size"], "bfloat16")
+    calls = {name: calls[name] for name in ROWS if name in calls}
+    seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"])
+    rows = [
+        timing.row(name, seconds[name], batch_size=run["batch_size"], peak_gflops=peak,
+                   flops_per_image=(3 if name.endswith("_train") else 1) * 2 * macs[name])
+        for name in calls
+    ]
+    timing.add_ratios(rows, lambda name: REFERENCE.get(name, name))
+    report(run, rows, skipped, peak)
+
+
+def report(run, rows, skipped, peak):
+    """Print the table and write --json."""
+    import keras
+
+    backend = keras.backend.backend()
+    print(
+        f"ResNet-50 at {run['image_size']}x{run['image_size']}, batch {run['batch_size']}, mixed_bfloat16, Keras backend "
+        f"{backend}, keras_resnet stride_in {FLAGS.stride_in}; {run['iterations']} interleaved steps per row after "
+        f"{run['warmup']} warm-up; bfloat16 matmul {run['matmul_size']}^2: {peak:.0f} GFLOP/s"
+        f"{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}"
+    )
+    timing.print_table(rows, "x torch")
+    timing.print_skipped(skipped)
+    if FLAGS.json:
+        result = {
+            **timing.header(),
+            "versions": timing.versions("keras", "jax", "jaxlib", "tensorflow", "torch", "torchvision", "numpy"),
+            "backend": backend,
+            "quick": FLAGS.quick,
+            **run,
+            "stride_in": FLAGS.stride_in,
+            "peak_gflops_bfloat16": peak,
+            "rows": rows,
+            "skipped": skipped,
+        }
+        timing.write_json(FLAGS.json, result)
+
+
+if __name__ == "__main__":
+    app.run(main)

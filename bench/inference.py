@@ -1,0 +1,234 @@
+"""Inference images/s of keras_resnet beside keras.applications and the exported artifacts.
+
+All rows run the same net on the same batch in one process, interleaved (A B A B) after
+warm-up; each reports images/s at the median call, p50/p99 latency, achieved GFLOP/s (2 x
+multiply-adds of `keras_resnet.count_flops`) as a fraction of the fp32 matmul rate measured
+in the same process, and its ratio to keras.applications under tf.function.
+
+  keras_applications_tf_function  keras.applications ResNet50 (101, 152) in a tf.function
+  keras_applications_predict      the same model through model.predict
+  keras_resnet_tf_function        keras_resnet's --model in a tf.function
+  keras_resnet_predict            the same model through model.predict
+  saved_model                     the exporter's SavedModel, serving_default, loaded with
+                                  tf.saved_model.load as TF Serving loads it
+  onnx_fp32, onnx_int8, onnx_fp16 the exporter's ONNX files in onnxruntime (fp16 where it runs)
+
+The keras rows get preprocessed float images; the exported graphs take RGB 0..255 and carry
+the preprocessing (and softmax, top-k) inside, as they serve. Weights are random: speed does
+not depend on them, and the int8 copy is calibrated on random images (its accuracy is the
+exporter's report on real data).
+
+    python bench/inference.py --json /tmp/inference.json
+    python bench/inference.py --quick --json /tmp/inference.json   # smoke run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import timing  # noqa: E402  (bench/timing.py, beside this script)
+
+ROWS = (
+    "keras_applications_tf_function",
+    "keras_applications_predict",
+    "keras_resnet_tf_function",
+    "keras_resnet_predict",
+    "saved_model",
+    "onnx_fp32",
+    "onnx_int8",
+    "onnx_fp16",
+)
+REFERENCE = "keras_applications_tf_function"
+QUICK = {"model": "resnet20", "batch_size": 4, "iterations": 3, "warmup": 1, "matmul_size": 1024, "calibration_images": 8}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "resnet50", "Registered keras_resnet architecture to time (keras_resnet.list_models()).")
+flags.DEFINE_integer("batch_size", 32, "Images per call.")
+flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
+flags.DEFINE_bool(
+    "quick", False,
+    "Smoke run: resnet20 unless --model is given, batch 4, 3 iterations, 1024x1024 matmul; "
+    "proves the script works, its figures mean nothing.",
+)
+flags.DEFINE_list("rows", list(ROWS), f"Rows to run, a comma list from {','.join(ROWS)}.")
+flags.DEFINE_integer("iterations", 20, "Timed calls per row (interleaved rounds).")
+flags.DEFINE_integer("warmup", 3, "Untimed calls per row before timing (tracing, compilation).")
+flags.DEFINE_integer("matmul_size", 4096, "Side of the square fp32 matmul that measures the machine's peak.")
+flags.DEFINE_integer("calibration_images", 64, "Random images the int8 copy is calibrated on.")
+
+
+def settings():
+    """The run's settings: the flags, with --quick's small sizes where a flag was not given."""
+    names = ("model", "batch_size", "iterations", "warmup", "matmul_size", "calibration_images")
+    values = {name: getattr(FLAGS, name) for name in names}
+    if FLAGS.quick:
+        values.update({name: QUICK[name] for name in names if not FLAGS[name].present})
+    return values
+
+
+def peer_model(builder, size):
+    """keras.applications' ResNet of the same depth (50, 101, 152) at the same input size;
+    ResNet50 for any other net, so the rows still have a reference."""
+    import keras
+
+    depth = builder.spec.depth if builder.spec.stem == "imagenet" and builder.residual else 50
+    constructor = getattr(keras.applications, f"ResNet{depth}", keras.applications.ResNet50)
+    return constructor(weights=None, input_shape=(*size, 3))
+
+
+def keras_calls(prefix, model, batch):
+    """The tf.function and predict rows of one Keras model on a preprocessed batch."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False))
+    tensor = tf.constant(batch)
+    return {
+        f"{prefix}_tf_function": lambda: forward(tensor).numpy(),
+        f"{prefix}_predict": lambda: model.predict(batch, batch_size=len(batch), verbose=0),
+    }
+
+
+def saved_model_calls(source, directory, images):
+    """serving_default of the exporter's SavedModel (BN folded, preprocessing inside).
+
+    crop_fraction=1.0 only changes the bytes signature, which is not timed here."""
+    import tensorflow as tf
+
+    from keras_resnet.export.graph import FLOAT_SIGNATURE, IMAGES
+    from keras_resnet.export.saved_model import export_saved_model
+
+    exported = export_saved_model(source, os.path.join(directory, "saved_model"), crop_fraction=1.0)
+    serve = tf.saved_model.load(exported.path).signatures[FLOAT_SIGNATURE]
+    tensor = tf.constant(images)
+    return {"saved_model": lambda: serve(**{IMAGES: tensor})["probabilities"].numpy()}
+
+
+def onnx_call(path, images):
+    """One onnxruntime CPU session of `path` on the batch."""
+    from keras_resnet.export.verify import onnx_session
+
+    session = onnx_session(path)
+    feed = {session.get_inputs()[0].name: images}
+    return lambda: session.run(None, feed)
+
+
+def onnx_calls(source, directory, images, calibration, wanted):
+    """onnx_fp32, onnx_int8 (static QDQ, per-channel) and onnx_fp16 from one call of the
+    exporter; the rows not in `wanted` are not exported."""
+    from keras_resnet.export.onnx import export_onnx
+
+    result = export_onnx(
+        source, os.path.join(directory, "model.onnx"), fp16="onnx_fp16" in wanted, int8="onnx_int8" in wanted,
+        calibration_images=calibration, overwrite=True,
+    )
+    paths = {"onnx_fp32": result.path, "onnx_int8": result.int8_path, "onnx_fp16": result.fp16_path}
+    return {name: onnx_call(path, images) for name, path in paths.items() if path is not None}
+
+
+def _reason(error):
+    return f"export failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+
+
+def exported_calls(source, directory, images, calibration, wanted):
+    """(calls, skipped) of the exported rows in `wanted`. An export that fails skips its rows
+    with the reason, so one broken path does not hide the others; fp16, which fails where
+    onnxruntime lacks fp16 kernels, is dropped and the ONNX export retried without it."""
+    calls, skipped = {}, {}
+    if "saved_model" in wanted:
+        try:
+            calls.update(saved_model_calls(source, directory, images))
+        except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
+            skipped["saved_model"] = _reason(error)
+    onnx_rows = wanted & {"onnx_fp32", "onnx_int8", "onnx_fp16"}
+    while onnx_rows:
+        try:
+            calls.update(onnx_calls(source, directory, images, calibration, onnx_rows))
+            break
+        except Exception as error:  # noqa: BLE001
+            dropped = {"onnx_fp16"} & onnx_rows or onnx_rows
+            skipped.update(dict.fromkeys(dropped, _reason(error)))
+            onnx_rows -= dropped
+    return calls, skipped
+
+
+def main(argv):
+    del argv
+    unknown = sorted(set(FLAGS.rows) - set(ROWS))
+    if unknown:
+        raise app.UsageError(f"--rows {unknown} unknown; choose from {', '.join(ROWS)}")
+    run = settings()
+    for name in ("batch_size", "iterations", "matmul_size", "calibration_images"):
+        if run[name] < 1:
+            raise app.UsageError(f"--{name}={run[name]} must be >= 1")
+    import numpy as np
+
+    from keras_resnet import count_flops, get_builder
+    from keras_resnet.export.sources import ModelSource
+    from keras_resnet.preprocessing import preprocess_input
+
+    try:
+        builder = get_builder(run["model"])
+    except ValueError as error:
+        raise app.UsageError(str(error))
+    wanted = set(FLAGS.rows)
+    model = builder(weights=None)
+    size = model.input_shape[1:3]
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, size=(run["batch_size"], *size, 3)).astype("float32")
+    calibration = rng.uniform(0, 255, size=(run["calibration_images"], *size, 3)).astype("float32")
+    batch = np.asarray(preprocess_input(images, "caffe"))
+    own_flops = 2 * count_flops(model)
+    flops = dict.fromkeys(ROWS, own_flops)
+    calls = keras_calls("keras_resnet", model, batch)
+    if wanted & {REFERENCE, "keras_applications_predict"}:
+        peer = peer_model(builder, size)
+        calls.update(keras_calls("keras_applications", peer, batch))
+        flops.update(dict.fromkeys(("keras_applications_tf_function", "keras_applications_predict"), 2 * count_flops(peer)))
+    source = ModelSource(model=model, preprocess_mode="caffe", name=run["model"])
+    with tempfile.TemporaryDirectory() as directory:
+        exported, skipped = exported_calls(source, directory, images, calibration, wanted)
+        calls.update(exported)
+        calls = {name: calls[name] for name in ROWS if name in calls and name in wanted}
+        peak = timing.matmul_gflops(run["matmul_size"])
+        seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"])
+    rows = [
+        timing.row(name, seconds[name], batch_size=run["batch_size"], flops_per_image=flops[name], peak_gflops=peak)
+        for name in calls
+    ]
+    timing.add_ratios(rows, lambda name: REFERENCE)
+    report(run, rows, skipped, peak, own_flops, size)
+
+
+def report(run, rows, skipped, peak, own_flops, size):
+    """Print the table and write --json."""
+    print(f"{run['model']} at {size[0]}x{size[1]}, batch {run['batch_size']}, {run['iterations']} interleaved calls per row "
+          f"after {run['warmup']} warm-up; {own_flops / 2e9:.3f} GMAC per image; fp32 matmul {run['matmul_size']}^2: "
+          f"{peak:.1f} GFLOP/s{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}")
+    timing.print_table(rows, "x keras.app")
+    timing.print_skipped(skipped)
+    if FLAGS.json:
+        result = {
+            **timing.header(),
+            "versions": timing.versions("tensorflow", "keras", "onnxruntime", "tf2onnx", "onnx", "numpy"),
+            "quick": FLAGS.quick,
+            "model": run["model"],
+            "image_size": list(size),
+            "batch_size": run["batch_size"],
+            "iterations": run["iterations"],
+            "warmup": run["warmup"],
+            "gmac_per_image": own_flops / 2e9,
+            "peak_gflops": peak,
+            "rows": rows,
+            "skipped": skipped,
+        }
+        timing.write_json(FLAGS.json, result)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,168 @@
+"""The one timing helper of the bench scripts: interleaved runs, medians, machine facts, JSON.
+
+Framework-free (numpy and the standard library; Keras, on whichever backend is installed,
+only inside `matmul_gflops`), so `bench/gpu.py` uses it on a machine without TensorFlow.
+Every timed callable must return only once its work is done (`.numpy()`, a host copy, or a
+device synchronisation), so a call's wall time is the batch's time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROW_FIELDS = ("name", "images_per_s", "p50_ms", "p99_ms", "gflops_per_s", "peak_fraction")
+
+
+def interleaved(calls, *, warmup, iterations):
+    """{name: per-call seconds} of each callable in `calls`, run in rounds A B C A B C ...
+
+    Each is first called `warmup` times (tracing, compilation, caches); then every round
+    runs each once, so a slow spell of a shared machine falls on all rows alike.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    seconds = {name: [] for name in calls}
+    for _ in range(iterations):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: np.asarray(values) for name, values in seconds.items()}
+
+
+def row(name, seconds, *, batch_size, flops_per_image=None, peak_gflops=None):
+    """One result row: images/s at the median call, p50/p99 latency of a call (one batch),
+    achieved GFLOP/s (`flops_per_image` x images/s) and its fraction of `peak_gflops`."""
+    p50 = float(np.percentile(seconds, 50))
+    images_per_s = batch_size / p50
+    gflops = images_per_s * flops_per_image / 1e9 if flops_per_image else None
+    return {
+        "name": name,
+        "images_per_s": images_per_s,
+        "p50_ms": 1e3 * p50,
+        "p99_ms": 1e3 * float(np.percentile(seconds, 99)),
+        "gflops_per_s": gflops,
+        "peak_fraction": gflops / peak_gflops if gflops and peak_gflops else None,
+    }
+
+
+def add_ratios(rows, reference):
+    """Add `ratio_to` (the row compared with: `reference(name)`) and `ratio` (images/s over
+    that row's; None when it did not run) to each row."""
+    rates = {r["name"]: r["images_per_s"] for r in rows}
+    for r in rows:
+        r["ratio_to"] = reference(r["name"])
+        base = rates.get(r["ratio_to"])
+        r["ratio"] = r["images_per_s"] / base if base else None
+    return rows
+
+
+def matmul_gflops(size=4096, dtype="float32", iterations=10):
+    """The machine's dense matmul rate in GFLOP/s (2 n^3 per product, median of a few calls):
+    the roofline the convolutions are measured against, taken in the same process, on the
+    default device of whichever Keras backend is installed (tf.linalg.matmul under TensorFlow)."""
+    import keras
+    from keras import ops
+
+    a = keras.random.normal((size, size), dtype=dtype, seed=0)
+
+    def product():
+        return ops.convert_to_numpy(ops.sum(ops.cast(ops.matmul(a, a), "float32")))
+
+    seconds = interleaved({"matmul": product}, warmup=2, iterations=iterations)["matmul"]
+    return 2 * size**3 / float(np.median(seconds)) / 1e9
+
+
+def cpu_model():
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform's guess."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_names():
+    """Names of the NVIDIA GPUs nvidia-smi lists ([] without one), without importing a framework."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def machine():
+    """What a figure was measured on: CPU model, cores this process may use, GPUs."""
+    return {
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "gpu": gpu_names(),
+        "python": platform.python_version(),
+    }
+
+
+def versions(*packages):
+    """{package: version} of those installed; missing ones are left out."""
+    found = {}
+    for package in packages:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def header():
+    """The facts every JSON result starts with: date, command, machine."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "machine": machine(),
+    }
+
+
+def _text(value, spec, suffix=""):
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def print_table(rows, ratio_label):
+    """The rows as a fixed-width table; the `ratio` column headed `ratio_label`."""
+    print(f"{'row':38s} {'images/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {ratio_label:>9s}")
+    for r in rows:
+        peak = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
+        print(
+            f"{r['name']:38s} {_text(r['images_per_s'], '.1f'):>9s} {_text(r['p50_ms'], '.1f'):>9s} "
+            f"{_text(r['p99_ms'], '.1f'):>9s} {_text(r['gflops_per_s'], '.1f'):>8s} {_text(peak, '.1f', '%'):>8s} "
+            f"{_text(r.get('ratio'), '.2f', 'x'):>9s}"
+        )
+
+
+def print_skipped(skipped):
+    """One line per row that did not run, with why."""
+    for name, reason in skipped.items():
+        print(f"{name:38s} skipped: {reason}")
+
+
+def write_json(path, result):
+    """Write `result` to `path` (indented), creating its directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")

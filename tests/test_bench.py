@@ -1,0 +1,148 @@
+"""Every bench script runs with --quick --json and writes the documented rows and fields.
+
+Never a speed assertion: figures come from the scripts on a quiet machine (BENCHMARKS.md).
+The scripts start together (tracing is mostly single-threaded, so two cores run two at once)
+and each test waits for its own. gpu.py runs under KERAS_BACKEND=jax with an importable
+`tensorflow` that raises, as on the GPU machine, which has no TensorFlow.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+TIMEOUT_S = 900
+ROW_FIELDS = ("name", "images_per_s", "p50_ms", "p99_ms", "gflops_per_s", "peak_fraction")
+INFERENCE_ROWS = (
+    "keras_applications_tf_function",
+    "keras_applications_predict",
+    "keras_resnet_tf_function",
+    "keras_resnet_predict",
+    "saved_model",
+    "onnx_fp32",
+    "onnx_int8",
+)
+TRAIN_QUICK_ROWS = (
+    "keras_applications_resnet50_float32",
+    "keras_resnet_resnet50_float32",
+    "keras_resnet_resnet56_float32",
+    "keras_resnet_resnet56_bfloat16_xla",
+    "trainer_step",
+    "trainer_loop",
+)
+GPU_KERAS_ROWS = ("keras_resnet_train", "keras_resnet_inference")
+GPU_TORCH_ROWS = ("torchvision_train", "torchvision_inference")
+
+
+def _no_tensorflow_dir(tmp_path_factory):
+    """A directory whose `tensorflow` package raises ImportError, to put first on PYTHONPATH."""
+    directory = tmp_path_factory.mktemp("no_tensorflow")
+    (directory / "tensorflow").mkdir()
+    (directory / "tensorflow" / "__init__.py").write_text('raise ImportError("no TensorFlow on the GPU machine")\n')
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{script: (process, json path, log path, log file)}, all started at once."""
+    out = tmp_path_factory.mktemp("bench")
+    base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    scripts = {
+        "inference": {},
+        "train_step": {},
+        "gpu": {"KERAS_BACKEND": "jax", "PYTHONPATH": _no_tensorflow_dir(tmp_path_factory)},
+    }
+    if os.path.isfile(os.path.join(BENCH, "input_pipeline.py")):
+        scripts["input_pipeline"] = {}
+    started = {}
+    for name, env in scripts.items():
+        json_path, log_path = out / f"{name}.json", out / f"{name}.log"
+        log = open(log_path, "w")
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--json", str(json_path)],
+            env={**base_env, **env}, cwd=str(out), stdout=log, stderr=subprocess.STDOUT,
+        )
+        started[name] = (process, json_path, log_path, log)
+    yield started
+    for process, _, _, log in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def result(runs, name):
+    """The parsed --json of script `name`, after it exited 0 (else fail with its log's tail)."""
+    if name not in runs:
+        pytest.skip(f"bench/{name}.py does not exist yet")
+    process, json_path, log_path, _ = runs[name]
+    try:
+        code = process.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = "timeout"
+    with open(log_path) as f:
+        tail = f.read()[-4000:]
+    assert code == 0, f"bench/{name}.py --quick exited {code}:\n{tail}"
+    with open(json_path) as f:
+        return json.load(f), tail
+
+
+def check_rows(payload, expected):
+    rows = {r["name"]: r for r in payload["rows"]}
+    missing = [name for name in expected if name not in rows]
+    assert not missing, f"rows {missing} missing; skipped: {payload.get('skipped')}"
+    for name in expected:
+        row = rows[name]
+        assert set(ROW_FIELDS) <= set(row), f"{name} lacks {set(ROW_FIELDS) - set(row)}"
+        assert row["images_per_s"] > 0 and row["p50_ms"] > 0
+    return rows
+
+
+def check_header(payload):
+    assert {"date", "command", "machine", "versions"} <= set(payload)
+    assert {"cpu", "cores", "gpu"} <= set(payload["machine"])
+
+
+def test_inference(runs):
+    payload, log = result(runs, "inference")
+    check_header(payload)
+    assert payload["peak_gflops"] > 0
+    assert {"tensorflow", "keras", "onnxruntime"} <= set(payload["versions"])
+    rows = check_rows(payload, INFERENCE_ROWS)
+    assert "onnx_fp16" in rows or "onnx_fp16" in payload["skipped"]
+    assert rows["keras_applications_tf_function"]["ratio"] == pytest.approx(1.0)
+    assert rows["onnx_fp32"]["ratio_to"] == "keras_applications_tf_function"
+    assert all(0 < r["peak_fraction"] for r in rows.values())
+    assert "keras_resnet_tf_function" in log  # the printed table
+
+
+def test_train_step(runs):
+    payload, log = result(runs, "train_step")
+    check_header(payload)
+    assert payload["peak_gflops"] > 0 and payload["peak_gflops_bfloat16"] > 0
+    rows = check_rows(payload, TRAIN_QUICK_ROWS)
+    assert rows["keras_resnet_resnet50_float32"]["ratio_to"] == "keras_applications_resnet50_float32"
+    assert rows["trainer_step"]["ratio_to"] == "keras_resnet_resnet56_float32"
+    assert "trainer_loop" in log
+
+
+def test_gpu_script_under_jax_without_tensorflow(runs):
+    payload, _ = result(runs, "gpu")
+    check_header(payload)
+    assert payload["backend"] == "jax"
+    rows = check_rows(payload, GPU_KERAS_ROWS)
+    for name in GPU_TORCH_ROWS:
+        assert name in rows or name in payload["skipped"], f"{name} neither ran nor says why it was skipped"
+    assert rows["keras_resnet_train"]["ratio_to"] == "torchvision_train"
+
+
+def test_input_pipeline(runs):
+    payload, _ = result(runs, "input_pipeline")
+    assert payload["cores"] >= 1
+    per_core = payload["images_per_second_per_core"]
+    assert "decode" in per_core and all(rate > 0 for rate in per_core.values())
