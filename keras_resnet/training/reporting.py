@@ -1,0 +1,192 @@
+"""What a run tells the person watching it, and what it leaves behind to look at.
+
+A progress bar with images/s and ETA on an interactive terminal, plain lines in logs;
+TensorBoard summaries (`<model_dir>/train`, `<model_dir>/eval`); `metrics.jsonl`, one JSON
+object per line; and `curves.png`, the training and eval error against iterations in the
+manner of the paper's Figs. 4 and 6 (thin: training, bold: eval).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+# What tensorboard's own `tf.summary.scalar` writes; written with the core `tf.summary.write`
+# so that logging needs TensorFlow only, not the tensorboard package.
+SCALAR_METADATA = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+
+
+def read_metrics(model_dir):
+    """The records of metrics.jsonl ([] if there is none yet)."""
+    path = os.path.join(model_dir, METRICS_NAME)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _truncate_metrics(model_dir, step):
+    """Drop records past `step`: a resumed run repeats what a killed run logged after its
+    last checkpoint, and the file should tell one history."""
+    from keras_resnet.saved_run import atomic_write_bytes
+
+    records = read_metrics(model_dir)
+    kept = [r for r in records if r["step"] <= step]
+    if len(kept) != len(records):
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        atomic_write_bytes(os.path.join(model_dir, METRICS_NAME), text.encode())
+
+
+def format_duration(seconds):
+    """h:mm:ss."""
+    return str(datetime.timedelta(seconds=int(max(0, seconds))))
+
+
+def train_record(step, sums, lr, seconds, batch_size, steps):
+    """The train metrics of a window of `steps` iterations from their summed counts."""
+    count = max(sums["count"], 1)
+    return {
+        "step": step,
+        "split": "train",
+        "loss": sums["loss_sum"] / count + sums["penalty"] / steps,
+        "top1_error": sums["top1_wrong"] / count,
+        "top5_error": sums["top5_wrong"] / count,
+        "lr": lr,
+        "images_per_sec": steps * batch_size / max(seconds, 1e-9),
+    }
+
+
+class Reporter:
+    """Collects per-step counts and reports every `log_interval` iterations.
+
+    Only the chief (`enabled`) writes files; every process may print.
+    """
+
+    def __init__(self, model_dir, *, total_steps, start_step, batch_size, log_interval, enabled=True, tty=None):
+        self.model_dir = model_dir
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self.log_interval = log_interval
+        self.enabled = enabled
+        self.start_step = start_step
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self._window = None
+        self._window_start = time.perf_counter()
+        self._window_steps = 0
+        self._run_start = time.perf_counter()
+        self._bar = None
+        if enabled:
+            os.makedirs(model_dir, exist_ok=True)
+            _truncate_metrics(model_dir, start_step)
+            self._writers = {s: tf.summary.create_file_writer(os.path.join(model_dir, s)) for s in ("train", "eval")}
+        if self.tty and enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def print(self, text):
+        """A line for the person watching, above the progress bar if there is one."""
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def train_step(self, step, sums, lr):
+        """Add one iteration's summed counts; report if the window is full."""
+        self._window = dict(sums) if self._window is None else {k: self._window[k] + sums[k] for k in sums}
+        self._window_steps += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if step % self.log_interval == 0 or step == self.total_steps:
+            self._flush_train(step, lr)
+
+    def _flush_train(self, step, lr):
+        seconds = time.perf_counter() - self._window_start
+        record = train_record(step, self._window, lr, seconds, self.batch_size, self._window_steps)
+        self._window, self._window_steps = None, 0
+        self._window_start = time.perf_counter()
+        self._write(record)
+        eta = (self.total_steps - step) * self.batch_size / record["images_per_sec"]
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{record['loss']:.3f}", err=f"{100 * record['top1_error']:.1f}%",
+                                  lr=f"{lr:.3g}", img_s=f"{record['images_per_sec']:.0f}")
+        else:
+            self.print(
+                f"step {step}/{self.total_steps}  loss {record['loss']:.4f}  top-1 err {100 * record['top1_error']:.2f}%  "
+                f"lr {lr:.4g}  {record['images_per_sec']:.0f} img/s  ETA {format_duration(eta)}"
+            )
+
+    def eval(self, step, metrics):
+        """Report an evaluation (top-1/top-5 error on the eval split)."""
+        record = {"step": step, "split": "eval", **metrics}
+        self._write(record)
+        self.print(
+            f"eval at step {step}: top-1 err {100 * metrics['top1_error']:.2f}%  top-5 err {100 * metrics['top5_error']:.2f}%  "
+            f"loss {metrics['loss']:.4f}  ({metrics['count']} images)"
+        )
+
+    def _write(self, record):
+        if not self.enabled:
+            return
+        with open(os.path.join(self.model_dir, METRICS_NAME), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with self._writers[record["split"]].as_default(step=record["step"]):
+            for key, value in record.items():
+                if key not in ("step", "split", "count"):
+                    tf.summary.write(key, tf.constant(value, tf.float32), metadata=SCALAR_METADATA)
+
+    def close(self):
+        """Flush summaries and draw curves.png; returns its path (None if not drawn)."""
+        if self._bar is not None:
+            self._bar.close()
+        self.print(f"{self.total_steps - self.start_step} steps in {format_duration(time.perf_counter() - self._run_start)}")
+        if not self.enabled:
+            return None
+        for writer in self._writers.values():
+            writer.close()
+        return plot_curves(self.model_dir)
+
+
+def plot_curves(model_dir):
+    """Draw top-1 error (and loss) against iterations from metrics.jsonl into curves.png.
+
+    Uses matplotlib's object API (no pyplot, no global backend switch); returns None when
+    matplotlib is not installed (it is an optional extra).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    records = read_metrics(model_dir)
+    if not records:
+        return None
+    figure = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    error_axes, loss_axes = figure.subplots(1, 2)
+    for split, width in (("train", 1.0), ("eval", 2.5)):
+        rows = [r for r in records if r["split"] == split]
+        if rows:
+            steps = [r["step"] for r in rows]
+            marker = "o" if split == "eval" else None
+            errors = [100 * r["top1_error"] for r in rows]
+            error_axes.plot(steps, errors, linewidth=width, marker=marker, label=f"{split} top-1")
+            loss_axes.plot(steps, [r["loss"] for r in rows], linewidth=width, marker=marker, label=split)
+    error_axes.set(xlabel="iteration", ylabel="error (%)", title="top-1 error")
+    loss_axes.set(xlabel="iteration", ylabel="loss", title="loss", yscale="log")
+    for axes in (error_axes, loss_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(os.path.basename(os.path.normpath(model_dir)))
+    figure.tight_layout()
+    path = os.path.join(model_dir, CURVES_NAME)
+    figure.savefig(path)
+    return path

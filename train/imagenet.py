@@ -1,0 +1,42 @@
+"""Train an ImageNet network with the recipe of section 3.4.
+
+    python train/imagenet.py --data_dir ~/data/imagenet --model resnet50 --strategy mirrored
+    python train/imagenet.py --data_dir DIR --lr_schedule steps --train_epochs 90     # 30/60/90
+    python train/imagenet.py --data_dir DIR --batch_size 1024 --lr_scaling linear --warmup_epochs 5
+
+Every flag defaults to the paper: batch 256, lr 0.1 divided by 10 when the validation error
+plateaus, 60e4 iterations, momentum 0.9, weight decay 1e-4, shortcut B. --data_dir holds
+TFRecord shards, class folders or a TFDS data dir (printed at start). Rerunning the same
+command resumes from the latest checkpoint in --model_dir.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from keras_resnet.training import cli
+from keras_resnet.training.config import recipe
+
+cli.define_flags(recipe("imagenet"))
+flags.adopt_module_key_flags(cli)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from keras_resnet.training.inputs import describe_source
+    from keras_resnet.training.loop import NonFiniteLossError, train
+
+    try:
+        config = cli.config_from_flags(FLAGS)
+        print(describe_source(config), flush=True)
+        train(config)
+    except (ValueError, NonFiniteLossError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)
