@@ -125,7 +125,7 @@ def onnx_calls(source, directory, images, calibration, wanted):
 
     result = export_onnx(
         source, os.path.join(directory, "model.onnx"), fp16="onnx_fp16" in wanted, int8="onnx_int8" in wanted,
-        calibration_images=calibration, overwrite=True,
+        calibration_images=calibration, overwrite=True, int8_min_agreement=0.0,
     )
     paths = {"onnx_fp32": result.path, "onnx_int8": result.int8_path, "onnx_fp16": result.fp16_path}
     return {name: onnx_call(path, images) for name, path in paths.items() if path is not None}

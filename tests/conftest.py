@@ -5,8 +5,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
 import pytest
+from model_helpers import relative_difference
 
 
 @functools.lru_cache(maxsize=None)
@@ -20,12 +20,6 @@ def _registered(name):
 def registered_model():
     """registered_model("resnet50"): the default build of a registered net, shared."""
     return _registered
-
-
-def relative_difference(a, b):
-    """||a - b|| / ||b||, the tolerance measure the issues name."""
-    a, b = np.asarray(a, dtype="float64"), np.asarray(b, dtype="float64")
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="session")

@@ -8,16 +8,7 @@ import pytest
 
 import keras_resnet
 from keras_resnet.export.folding import fold_batch_norms, foldable_pairs
-
-
-def randomize_batch_norms(model, seed):
-    """Non-trivial BN statistics and affine terms, as a trained net has."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)])
-    return model
+from model_helpers import randomize
 
 
 def logits_of(model, x):
@@ -39,7 +30,7 @@ def global_policy(name):
 
 @pytest.mark.parametrize("name, batch", [("resnet20", 8), ("resnet50", 2)])
 def test_folded_graph_equals_unfolded_model(name, batch, rel_diff):
-    model = randomize_batch_norms(keras_resnet.get_builder(name)(), seed=1)
+    model = randomize(keras_resnet.get_builder(name)(), seed=1)
     folded = fold_batch_norms(model, logits=True)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(foldable_pairs(model)) == len(bns)
@@ -50,7 +41,7 @@ def test_folded_graph_equals_unfolded_model(name, batch, rel_diff):
 
 
 def test_folding_keeps_the_softmax_head_unless_logits_asked(rel_diff):
-    model = randomize_batch_norms(keras_resnet.get_builder("resnet20")(), seed=3)
+    model = randomize(keras_resnet.get_builder("resnet20")(), seed=3)
     x = np.random.default_rng(4).normal(0, 50, (4, 32, 32, 3)).astype("float32")
     probabilities = np.asarray(fold_batch_norms(model)(x))
     assert rel_diff(probabilities, np.asarray(model(x, training=False))) <= 1e-5

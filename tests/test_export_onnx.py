@@ -16,19 +16,14 @@ import keras_resnet
 from keras_resnet.export import onnx as onnx_export
 from keras_resnet.export import sources, verify
 from keras_resnet.preprocessing import preprocess_input
+from model_helpers import randomize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = ["logits", "probabilities", "top_k_classes", "top_k_scores"]
 
 
 def random_bn_model(name, seed):
-    model = keras_resnet.get_builder(name)()
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)])
-    return model
+    return randomize(keras_resnet.get_builder(name)(), seed)
 
 
 def keras_logits(model, mode, images):

@@ -5,23 +5,7 @@ import numpy as np
 import pytest
 
 import keras_resnet
-
-
-def randomise(model, seed):
-    """Non-trivial BN statistics and conv biases, so a wrong fold or order shows."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                rng.normal(0, 0.1, beta.shape).astype("float32"),
-                rng.normal(0, 0.1, mean.shape).astype("float32"),
-                rng.uniform(0.5, 2.0, var.shape).astype("float32"),
-            ])
-        elif isinstance(layer, keras.layers.Conv2D):
-            kernel, bias = layer.get_weights()
-            layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape).astype("float32")])
+from model_helpers import randomize
 
 
 def copy_folding_biases(peer, ours):
@@ -45,7 +29,7 @@ def test_same_outputs_as_keras_applications(depth, rel_diff):
     shape = (96, 96, 3)
     peer = getattr(keras.applications, f"ResNet{depth}")(weights=None, input_shape=shape, classifier_activation=None)
     ours = keras_resnet.get_builder(f"resnet{depth}")(input_shape=shape, classifier_activation=None)
-    randomise(peer, depth)
+    randomize(peer, depth)
     copy_folding_biases(peer, ours)
     x = np.random.default_rng(0).uniform(-120, 130, (2, *shape)).astype("float32")
     expected = peer.predict(x, verbose=0)

@@ -18,26 +18,9 @@ import tensorflow as tf
 
 import keras_resnet
 from keras_resnet import builders, saved_run, specs, weights
+from model_helpers import randomize
 
 SIZE = 32  # keras.applications' smallest input; the weights do not depend on it
-
-
-def randomize(model, seed):
-    """Random conv biases and BN statistics too, so the bias fold and the epsilon matter."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for variable in layer.weights:
-            shape = tuple(variable.shape)
-            if variable.name == "moving_variance":
-                value = rng.uniform(0.5, 2.0, shape)
-            elif variable.name == "gamma":
-                value = rng.uniform(0.5, 1.5, shape)
-            elif variable.name == "kernel":
-                value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
-            else:  # bias, beta, moving_mean
-                value = rng.normal(0.0, 0.1, shape)
-            variable.assign(value.astype("float32"))
-    return model
 
 
 def write_published_h5(model, path):
