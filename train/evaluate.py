@@ -6,9 +6,9 @@
     python train/evaluate.py --weights resnet50.weights.h5 --dataset imagenet --data_dir DIR
 """
 
-import sys
+from absl import app, flags
 
-from absl import app, flags, logging
+from keras_resnet.training import cli
 
 flags.DEFINE_string("model_dir", None, "Training run dir to evaluate (its latest checkpoint, its preprocessing, its data set).")
 flags.DEFINE_string("weights", None, "Or a .keras file / keras_resnet .weights.h5 to evaluate.")
@@ -24,32 +24,25 @@ flags.DEFINE_enum("preprocess_mode", None, ["caffe", "torch", "tf", "pixel_mean"
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+def run():
     from keras_resnet import evaluation
 
-    try:
-        if (FLAGS.model_dir is None) == (FLAGS.weights is None):
-            raise ValueError("give exactly one of --model_dir and --weights")
-        classifier = evaluation.load_classifier(FLAGS.model_dir or FLAGS.weights, FLAGS.preprocess_mode)
-        dataset = FLAGS.dataset or classifier.dataset
-        if dataset is None:
-            raise ValueError("--weights records no data set: pass --dataset")
-        split = FLAGS.split or evaluation.default_split(dataset, FLAGS.data_dir)
-        rows = []
-        for view in FLAGS.views:
-            metrics = evaluation.evaluate(classifier, dataset, split, view, data_dir=FLAGS.data_dir,
-                                          batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
-                                          scales=tuple(int(s) for s in FLAGS.scales))
-            rows.append((classifier.name, view, metrics))
-        print(f"{dataset} {split}:")
-        print(evaluation.error_table(rows))
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    if (FLAGS.model_dir is None) == (FLAGS.weights is None):
+        raise ValueError("give exactly one of --model_dir and --weights")
+    classifier = evaluation.load_classifier(FLAGS.model_dir or FLAGS.weights, FLAGS.preprocess_mode)
+    dataset = FLAGS.dataset or classifier.dataset
+    if dataset is None:
+        raise ValueError("--weights records no data set: pass --dataset")
+    split = FLAGS.split or evaluation.default_split(dataset, FLAGS.data_dir)
+    rows = []
+    for view in FLAGS.views:
+        metrics = evaluation.evaluate(classifier, dataset, split, view, data_dir=FLAGS.data_dir,
+                                      batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
+                                      scales=tuple(int(s) for s in FLAGS.scales))
+        rows.append((classifier.name, view, metrics))
+    print(f"{dataset} {split}:")
+    print(evaluation.error_table(rows))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.absl_main(run))

@@ -10,9 +10,7 @@ TFRecord shards, class folders or a TFDS data dir (printed at start). Rerunning 
 command resumes from the latest checkpoint in --model_dir.
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 
 from keras_resnet.training import cli
 from keras_resnet.training.config import recipe
@@ -22,21 +20,14 @@ flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+def run():
     from keras_resnet.training.inputs import describe_source
-    from keras_resnet.training.loop import NonFiniteLossError, train
+    from keras_resnet.training.loop import train
 
-    try:
-        config = cli.config_from_flags(FLAGS)
-        print(describe_source(config), flush=True)
-        train(config)
-    except (ValueError, NonFiniteLossError) as error:
-        sys.exit(f"error: {error}")
+    config = cli.config_from_flags(FLAGS)
+    print(describe_source(config), flush=True)
+    train(config)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.absl_main(run))

@@ -4,8 +4,9 @@ values from the field's metadata, its default from the recipe the entry point tr
 from __future__ import annotations
 
 import dataclasses
+import sys
 
-from absl import flags
+from absl import app, flags, logging
 
 from keras_resnet.training.config import TrainConfig
 
@@ -51,3 +52,23 @@ def config_from_flags(flag_values=flags.FLAGS):
                 raise ValueError(f"--{field.name}={','.join(value)}: expected comma-separated {convert.__name__}s") from None
         values[field.name] = value
     return TrainConfig(**values)
+
+
+def absl_main(body):
+    """The `main(argv)` of an entry point running `body()`: stray arguments are a usage error,
+    logs stay quiet unless --verbosity is given, and a bad value or a non-finite loss ends
+    the program with its message instead of a traceback."""
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        from keras_resnet.training.loop import NonFiniteLossError
+
+        try:
+            body()
+        except (ValueError, NonFiniteLossError) as error:
+            sys.exit(f"error: {error}")
+
+    return main
