@@ -94,8 +94,8 @@ def keras_calls(prefix, model, batch):
     }
 
 
-def saved_model_calls(source, directory, images):
-    """serving_default of the exporter's SavedModel (BN folded, preprocessing inside).
+def saved_model_call(source, directory, images):
+    """serving_default of the exporter's SavedModel (folded, preprocessing inside).
 
     crop_fraction=1.0 only changes the bytes signature, which is not timed here."""
     import tensorflow as tf
@@ -106,29 +106,24 @@ def saved_model_calls(source, directory, images):
     exported = export_saved_model(source, os.path.join(directory, "saved_model"), crop_fraction=1.0)
     serve = tf.saved_model.load(exported.path).signatures[FLOAT_SIGNATURE]
     tensor = tf.constant(images)
-    return {"saved_model": lambda: serve(**{IMAGES: tensor})["probabilities"].numpy()}
+    return lambda: serve(**{IMAGES: tensor})["probabilities"].numpy()
 
 
-def onnx_call(path, images):
-    """One onnxruntime CPU session of `path` on the batch."""
+def onnx_call(source, directory, images, calibration, name):
+    """One onnxruntime CPU session of the exporter's file for row `name` on the batch: one
+    export_onnx call per row, so a copy this onnxruntime cannot build or run (fp16 lacks
+    kernels in some builds) skips only its own row."""
+    from keras_resnet.export.onnx import export_onnx
     from keras_resnet.export.verify import onnx_session
 
-    session = onnx_session(path)
-    feed = {session.get_inputs()[0].name: images}
-    return lambda: session.run(None, feed)
-
-
-def onnx_calls(source, directory, images, calibration, wanted):
-    """onnx_fp32, onnx_int8 (static QDQ, per-channel) and onnx_fp16 from one call of the
-    exporter; the rows not in `wanted` are not exported."""
-    from keras_resnet.export.onnx import export_onnx
-
+    precision = name.removeprefix("onnx_")
     result = export_onnx(
-        source, os.path.join(directory, "model.onnx"), fp16="onnx_fp16" in wanted, int8="onnx_int8" in wanted,
+        source, os.path.join(directory, name, "model.onnx"), fp16=precision == "fp16", int8=precision == "int8",
         calibration_images=calibration, overwrite=True, int8_min_agreement=0.0,
     )
-    paths = {"onnx_fp32": result.path, "onnx_int8": result.int8_path, "onnx_fp16": result.fp16_path}
-    return {name: onnx_call(path, images) for name, path in paths.items() if path is not None}
+    session = onnx_session({"fp32": result.path, "fp16": result.fp16_path, "int8": result.int8_path}[precision])
+    feed = {session.get_inputs()[0].name: images}
+    return lambda: session.run(None, feed)
 
 
 def _reason(error):
@@ -136,24 +131,19 @@ def _reason(error):
 
 
 def exported_calls(source, directory, images, calibration, wanted):
-    """(calls, skipped) of the exported rows in `wanted`. An export that fails skips its rows
-    with the reason, so one broken path does not hide the others; fp16, which fails where
-    onnxruntime lacks fp16 kernels, is dropped and the ONNX export retried without it."""
+    """(calls, skipped) of the exported rows in `wanted`; a row whose export fails is skipped
+    with the reason, so one broken path does not hide the others."""
     calls, skipped = {}, {}
-    if "saved_model" in wanted:
+    for name in ("saved_model", "onnx_fp32", "onnx_int8", "onnx_fp16"):
+        if name not in wanted:
+            continue
         try:
-            calls.update(saved_model_calls(source, directory, images))
+            if name == "saved_model":
+                calls[name] = saved_model_call(source, directory, images)
+            else:
+                calls[name] = onnx_call(source, directory, images, calibration, name)
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
-            skipped["saved_model"] = _reason(error)
-    onnx_rows = wanted & {"onnx_fp32", "onnx_int8", "onnx_fp16"}
-    while onnx_rows:
-        try:
-            calls.update(onnx_calls(source, directory, images, calibration, onnx_rows))
-            break
-        except Exception as error:  # noqa: BLE001
-            dropped = {"onnx_fp16"} & onnx_rows or onnx_rows
-            skipped.update(dict.fromkeys(dropped, _reason(error)))
-            onnx_rows -= dropped
+            skipped[name] = _reason(error)
     return calls, skipped
 
 

@@ -44,6 +44,22 @@ def preprocess_input(x, mode="caffe", mean=None):
     return x - np.asarray(mean, dtype="float32")
 
 
+def channel_affine(mode, mean=None):
+    """(order, scale, shift) with preprocess_input(x)[..., c] == scale[c] * x[..., order[c]] + shift[..., c]:
+    every mode is a channel reordering, a per-channel scale and an offset (a whole mean image
+    for pixel_mean), so an exporter can fold the first two into the first conv's kernel."""
+    check_mode(mode, mean)
+    identity = np.arange(3)
+    if mode == "caffe":
+        return identity[::-1], np.ones(3, "float32"), -np.asarray(CAFFE_MEAN_BGR, dtype="float32")
+    if mode == "torch":
+        std = np.asarray(TORCH_STD_RGB, dtype="float32")
+        return identity, 1.0 / (255.0 * std), -np.asarray(TORCH_MEAN_RGB, dtype="float32") / std
+    if mode == "tf":
+        return identity, np.full(3, 1.0 / 127.5, "float32"), -np.ones(3, "float32")
+    return identity, np.ones(3, "float32"), -np.asarray(mean, dtype="float32")
+
+
 @functools.lru_cache(maxsize=1)
 def imagenet_classes():
     """The 1,000 ImageNet classes in output order, each (wnid, WordNet synonyms)."""

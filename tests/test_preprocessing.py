@@ -1,4 +1,5 @@
-"""preprocess_input against keras.applications; decode_predictions against TFDS's ImageNet files."""
+"""preprocess_input and channel_affine against keras.applications; decode_predictions against
+TFDS's ImageNet files."""
 
 import importlib.util
 import os
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from keras.applications import imagenet_utils, resnet
 
-from keras_resnet.preprocessing import decode_predictions, imagenet_classes, preprocess_input
+from keras_resnet.preprocessing import channel_affine, decode_predictions, imagenet_classes, preprocess_input
 
 
 def random_images(seed, shape=(3, 8, 8, 3)):
@@ -25,6 +26,21 @@ def test_other_modes_equal_keras_imagenet_utils(mode):
     x = random_images(1)
     want = imagenet_utils.preprocess_input(x.copy(), mode=mode)
     np.testing.assert_allclose(preprocess_input(x, mode=mode), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
+def test_channel_affine_is_keras_applications_preprocessing(mode):
+    x = random_images(5)
+    order, scale, shift = channel_affine(mode)
+    want = imagenet_utils.preprocess_input(x.copy(), mode=mode)
+    np.testing.assert_allclose(scale * x[..., order] + shift, want, rtol=0, atol=1e-4)
+
+
+def test_channel_affine_of_pixel_mean_keeps_the_mean_image():
+    mean = random_images(6, shape=(8, 8, 3))
+    order, scale, shift = channel_affine("pixel_mean", mean)
+    x = random_images(7)
+    np.testing.assert_allclose(scale * x[..., order] + shift, x - mean, rtol=0, atol=1e-4)
 
 
 def test_pixel_mean_mode_subtracts_the_mean_image():

@@ -6,11 +6,12 @@
     export_saved_model(source, "/srv/models")   # /srv/models/resnet20/<next version>/
     export_onnx(source, "resnet20.onnx", int8=True, calibration_images=images)
 
-The serving graph folds every BatchNormalization into its conv (folding.py) and carries the
-run's preprocessing, so clients send RGB images in 0..255 (or encoded JPEG/PNG bytes).
+The serving graph folds every BatchNormalization into its conv and the preprocessing's channel
+order and scale into the first conv (folding.py), and adds the rest of the preprocessing in
+front, so clients send RGB images in 0..255 (or encoded JPEG/PNG bytes).
 """
 
-from keras_resnet.export.folding import fold_batch_norms
+from keras_resnet.export.folding import serving_model
 from keras_resnet.export.graph import ServingGraph
 from keras_resnet.export.onnx import OnnxExport, export_onnx
 from keras_resnet.export.run import RunExport, export_run
@@ -28,10 +29,10 @@ __all__ = [
     "export_onnx",
     "export_run",
     "export_saved_model",
-    "fold_batch_norms",
     "from_builder",
     "from_keras_file",
     "from_run_dir",
+    "serving_model",
     "verify_onnx",
     "verify_saved_model",
 ]

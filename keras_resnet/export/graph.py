@@ -1,17 +1,20 @@
 """The serving graph shared by the SavedModel and the ONNX export.
 
-float RGB images in 0..255 -> the run's preprocessing -> the BN-folded float32 net ->
-logits, softmax probabilities, top-k classes and scores (and class names when known).
+float RGB images in 0..255 -> the run's preprocessing -> the folded float32 net (folding.py:
+BN in the convs, the preprocessing's channel order and scale in the first conv, so only its
+offset is added in front) -> logits, softmax probabilities, top-k classes and scores (and
+class names when known).
 The bytes entry point decodes JPEG/PNG, resizes the shorter side and centre-crops to the
 net's input size first, all inside the graph.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
-from keras_resnet.export.folding import fold_batch_norms
-from keras_resnet.preprocessing import preprocess_input
+from keras_resnet.export.folding import input_conv, input_offset, serving_model
+from keras_resnet.preprocessing import channel_affine, preprocess_input
 
 IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
@@ -67,7 +70,15 @@ class ServingGraph:
         crop_fraction = default_crop_fraction(source.image_size) if crop_fraction is None else crop_fraction
         if not 0.0 < crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction={crop_fraction!r} must be in (0, 1]")
-        self.model = fold_batch_norms(source.model, logits=True)
+        order, scale, shift = channel_affine(source.preprocess_mode, source.mean)
+        if input_conv(source.model) is None:
+            self.model = serving_model(source.model, logits=True)
+            self.input_offset = None
+        else:
+            self.model = serving_model(source.model, logits=True, input_affine=(order, scale))
+            # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC
+            # images about 5x slower than an image over the batch.
+            self.input_offset = np.broadcast_to(input_offset(order, scale, shift), (*source.image_size, 3)).copy()
         self.source = source
         self.top_k = top_k
         self.crop_fraction = crop_fraction
@@ -84,7 +95,10 @@ class ServingGraph:
 
     def numeric_outputs(self, images):
         """float RGB [batch, H, W, 3] in 0..255 -> logits, probabilities, top-k (the ONNX graph)."""
-        x = preprocess_input(images, self.source.preprocess_mode, self.source.mean)
+        if self.input_offset is None:
+            x = preprocess_input(images, self.source.preprocess_mode, self.source.mean)
+        else:
+            x = images + tf.constant(self.input_offset)
         logits = self.model(x, training=False)
         probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
