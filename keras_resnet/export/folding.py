@@ -185,8 +185,9 @@ def serving_model(model, logits=False, input_affine=None):
     if input_affine is not None and first_conv is None:
         raise ValueError("input_affine needs a model whose input feeds one Conv2D (see input_conv); this one does not")
     pairs = foldable_pairs(model)
-    skipped = set(pairs.values()) | set(mergeable_pools(model))
-    pools = {pool: pad for pad, pool in mergeable_pools(model).items()}
+    pads = mergeable_pools(model)
+    skipped = set(pairs.values()) | set(pads)
+    pools = {pool: pad for pad, pool in pads.items()}
     softmax_layer = _output_layer(model, logits)
     originals = {layer.name: layer for layer in model.layers}
 
