@@ -213,7 +213,8 @@ def serving_model(model, logits=False, input_affine=None):
             continue
         source = originals[layer.name]
         if layer.name in pairs or layer.name == first_conv:
-            kernel, bias = folded_conv_weights(source, originals.get(pairs.get(layer.name)))
+            bn = originals[pairs[layer.name]] if layer.name in pairs else None
+            kernel, bias = folded_conv_weights(source, bn)
             if layer.name == first_conv:
                 kernel = input_kernel(kernel, *input_affine)
             layer.set_weights([kernel.astype("float32"), bias.astype("float32")])

@@ -71,14 +71,12 @@ class ServingGraph:
         if not 0.0 < crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction={crop_fraction!r} must be in (0, 1]")
         order, scale, shift = channel_affine(source.preprocess_mode, source.mean)
-        if input_conv(source.model) is None:
-            self.model = serving_model(source.model, logits=True)
-            self.input_offset = None
-        else:
-            self.model = serving_model(source.model, logits=True, input_affine=(order, scale))
-            # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC
-            # images about 5x slower than an image over the batch.
-            self.input_offset = np.broadcast_to(input_offset(order, scale, shift), (*source.image_size, 3)).copy()
+        foldable = input_conv(source.model) is not None
+        self.model = serving_model(source.model, logits=True, input_affine=(order, scale) if foldable else None)
+        # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC images
+        # about 5x slower than an image over the batch.
+        offset = np.broadcast_to(input_offset(order, scale, shift), (*source.image_size, 3)).copy()
+        self.input_offset = offset if foldable else None
         self.source = source
         self.top_k = top_k
         self.crop_fraction = crop_fraction
