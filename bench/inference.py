@@ -9,14 +9,15 @@ in the same process, and its ratio to keras.applications under tf.function.
   keras_applications_predict      the same model through model.predict
   keras_resnet_tf_function        keras_resnet's --model in a tf.function
   keras_resnet_predict            the same model through model.predict
-  saved_model                     the exporter's SavedModel, serving_default, loaded with
-                                  tf.saved_model.load as TF Serving loads it
+  saved_model                     the exporter's SavedModel, serving_default, run in a
+                                  TensorFlow session as TF Serving runs it
   onnx_fp32, onnx_int8, onnx_fp16 the exporter's ONNX files in onnxruntime (fp16 where it runs)
 
 The keras rows get preprocessed float images; the exported graphs take RGB 0..255 and carry
-the preprocessing (and softmax, top-k) inside, as they serve. Weights are random: speed does
-not depend on them, and the int8 copy is calibrated on random images (its accuracy is the
-exporter's report on real data).
+the preprocessing (and softmax, top-k) inside, as they serve. Weights are random, with the BN
+statistics of a trained net (untrained BNs fold into zero biases, which TensorFlow's constant
+folding would drop from the frozen SavedModel graph); the int8 copy is calibrated on random
+images (its accuracy is the exporter's report on real data).
 
     python bench/inference.py --json /tmp/inference.json
     python bench/inference.py --quick --json /tmp/inference.json   # smoke run
@@ -61,6 +62,12 @@ flags.DEFINE_integer("iterations", 20, "Timed calls per row (interleaved rounds)
 flags.DEFINE_integer("warmup", 3, "Untimed calls per row before timing (tracing, compilation).")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square fp32 matmul that measures the machine's peak.")
 flags.DEFINE_integer("calibration_images", 64, "Random images the int8 copy is calibrated on.")
+flags.DEFINE_integer(
+    "saved_model_inter_op_threads", 1,
+    "Threads the SavedModel's session runs independent ops on: TF Serving's "
+    "--tensorflow_inter_op_parallelism, which the README advises setting to 1 on small CPUs; "
+    "0 is TensorFlow's default (one per core).",
+)
 
 
 def settings():
@@ -82,6 +89,20 @@ def peer_model(builder, size):
     return constructor(weights=None, input_shape=(*size, 3))
 
 
+def trained_batch_norms(model, seed=0):
+    """`model` with every BN given the statistics and scale of a trained net instead of the
+    identity: untrained BNs fold into zero conv biases, which the frozen serving graph drops."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shapes = [tuple(w.shape) for w in layer.weights]
+            layer.set_weights([rng.uniform(0.5, 1.5, shape).astype("float32") for shape in shapes])
+    return model
+
+
 def keras_calls(prefix, model, batch):
     """The tf.function and predict rows of one Keras model on a preprocessed batch."""
     import tensorflow as tf
@@ -94,8 +115,10 @@ def keras_calls(prefix, model, batch):
     }
 
 
-def saved_model_call(source, directory, images):
-    """serving_default of the exporter's SavedModel (folded, preprocessing inside).
+def saved_model_call(source, directory, images, inter_op_threads):
+    """serving_default of the exporter's SavedModel (folded, frozen, preprocessing inside) in a
+    TensorFlow 1 session, as TF Serving runs it: Grappler and the oneDNN rewrites at load, then
+    `Session.run`, with its own pool of `inter_op_threads` (0: TensorFlow's default).
 
     crop_fraction=1.0 only changes the bytes signature, which is not timed here."""
     import tensorflow as tf
@@ -104,9 +127,16 @@ def saved_model_call(source, directory, images):
     from keras_resnet.export.saved_model import export_saved_model
 
     exported = export_saved_model(source, os.path.join(directory, "saved_model"), crop_fraction=1.0)
-    serve = tf.saved_model.load(exported.path).signatures[FLOAT_SIGNATURE]
-    tensor = tf.constant(images)
-    return lambda: serve(**{IMAGES: tensor})["probabilities"].numpy()
+    config = tf.compat.v1.ConfigProto()
+    if inter_op_threads:
+        config.session_inter_op_thread_pool.add().num_threads = inter_op_threads
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    with graph.as_default():
+        signature = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], exported.path).signature_def[FLOAT_SIGNATURE]
+    feed = {signature.inputs[IMAGES].name: images}
+    fetch = signature.outputs["probabilities"].name
+    return lambda: session.run(fetch, feed)
 
 
 def onnx_call(source, directory, images, calibration, name):
@@ -130,7 +160,7 @@ def _reason(error):
     return f"export failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
 
 
-def exported_calls(source, directory, images, calibration, wanted):
+def exported_calls(source, directory, images, calibration, wanted, inter_op_threads):
     """(calls, skipped) of the exported rows in `wanted`; a row whose export fails is skipped
     with the reason, so one broken path does not hide the others."""
     calls, skipped = {}, {}
@@ -139,7 +169,7 @@ def exported_calls(source, directory, images, calibration, wanted):
             continue
         try:
             if name == "saved_model":
-                calls[name] = saved_model_call(source, directory, images)
+                calls[name] = saved_model_call(source, directory, images, inter_op_threads)
             else:
                 calls[name] = onnx_call(source, directory, images, calibration, name)
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
@@ -156,6 +186,8 @@ def main(argv):
     for name in ("batch_size", "iterations", "matmul_size", "calibration_images"):
         if run[name] < 1:
             raise app.UsageError(f"--{name}={run[name]} must be >= 1")
+    if FLAGS.saved_model_inter_op_threads < 0:
+        raise app.UsageError(f"--saved_model_inter_op_threads={FLAGS.saved_model_inter_op_threads} must be >= 0 (0: TensorFlow's default)")
     import numpy as np
 
     from keras_resnet import count_flops, get_builder
@@ -167,7 +199,7 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error))
     wanted = set(FLAGS.rows)
-    model = builder(weights=None)
+    model = trained_batch_norms(builder(weights=None))
     size = model.input_shape[1:3]
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(run["batch_size"], *size, 3)).astype("float32")
@@ -182,7 +214,7 @@ def main(argv):
         flops.update(dict.fromkeys(("keras_applications_tf_function", "keras_applications_predict"), 2 * count_flops(peer)))
     source = ModelSource(model=model, preprocess_mode="caffe", name=run["model"])
     with tempfile.TemporaryDirectory() as directory:
-        exported, skipped = exported_calls(source, directory, images, calibration, wanted)
+        exported, skipped = exported_calls(source, directory, images, calibration, wanted, FLAGS.saved_model_inter_op_threads)
         calls.update(exported)
         calls = {name: calls[name] for name in ROWS if name in calls and name in wanted}
         peak = timing.matmul_gflops(run["matmul_size"])
@@ -213,6 +245,7 @@ def report(run, rows, skipped, peak, own_flops, size):
             "iterations": run["iterations"],
             "warmup": run["warmup"],
             "gmac_per_image": own_flops / 2e9,
+            "saved_model_inter_op_threads": FLAGS.saved_model_inter_op_threads,
             "peak_gflops": peak,
             "rows": rows,
             "skipped": skipped,

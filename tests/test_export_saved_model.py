@@ -186,6 +186,7 @@ def test_saved_model_cli_lists_both_signatures(exported):
         assert "Method name is: tensorflow/serving/predict" in block
     ops = text.split("contains the following ops:")[1].split("\n")[0]
     assert "Conv2D" in ops and "FusedBatchNorm" not in ops  # BN folded into the convs
+    assert "ReadVariableOp" not in ops and "VarHandleOp" not in ops  # weights frozen: oneDNN caches them
 
 
 def test_warmup_records_parse_as_prediction_logs_naming_existing_signatures(exported):

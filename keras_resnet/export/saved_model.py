@@ -59,7 +59,6 @@ def write_saved_model(graph, directory, model_name):
     import keras
 
     archive = keras.export.ExportArchive()
-    archive.track(graph.model)
     archive.add_endpoint(FLOAT_SIGNATURE, graph.serve_images, input_signature=[graph.images_spec()])
     archive.add_endpoint(BYTES_SIGNATURE, graph.serve_image_bytes, input_signature=[graph.bytes_spec()])
     archive.write_out(directory, verbose=False)
