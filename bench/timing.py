@@ -23,11 +23,17 @@ import numpy as np
 ROW_FIELDS = ("name", "images_per_s", "p50_ms", "p99_ms", "gflops_per_s", "peak_fraction")
 
 
-def interleaved(calls, *, warmup, iterations):
+SETTLE_S = 0.05
+
+
+def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S):
     """{name: per-call seconds} of each callable in `calls`, run in rounds A B C A B C ...
 
     Each is first called `warmup` times (tracing, compilation, caches); then every round
-    runs each once, so a slow spell of a shared machine falls on all rows alike.
+    runs each once, so a slow spell of a shared machine falls on all rows alike. Each timed
+    call starts `settle_s` after the previous one ended, so the previous runtime's idle
+    threads have stopped spinning: onnxruntime's spin on after a run, and on 2 cores the
+    TensorFlow call right after one lost 3-4 % to them (BENCHMARKS.md, table 1).
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -35,6 +41,7 @@ def interleaved(calls, *, warmup, iterations):
     seconds = {name: [] for name in calls}
     for _ in range(iterations):
         for name, call in calls.items():
+            time.sleep(settle_s)
             start = time.perf_counter()
             call()
             seconds[name].append(time.perf_counter() - start)
