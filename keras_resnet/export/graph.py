@@ -87,8 +87,8 @@ class ServingGraph:
             raise ValueError(f"crop_fraction={crop_fraction!r} must be in (0, 1]")
         order, scale, shift = channel_affine(source.preprocess_mode, source.mean)
         foldable = input_conv(source.model) is not None
-        self.model = serving_model(source.model, logits=True, input_affine=(order, scale) if foldable else None)
-        self.logits = frozen_inference(self.model, source.image_size)
+        folded = serving_model(source.model, logits=True, input_affine=(order, scale) if foldable else None)
+        self.logits = frozen_inference(folded, source.image_size)
         # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC images
         # about 5x slower than an image over the batch.
         offset = np.broadcast_to(input_offset(order, scale, shift), (*source.image_size, 3)).copy()
