@@ -6,7 +6,8 @@ multiply-adds of `keras_resnet.count_flops`) as a fraction of the fp32 matmul ra
 in the same process, and its ratio to keras.applications under tf.function.
 
   keras_applications_tf_function  keras.applications ResNet50 (101, 152) in a tf.function
-  keras_applications_predict      the same model through model.predict
+  keras_applications_predict      the same model through model.predict (the batch as a
+                                  one-batch tf.data.Dataset, autotuning off: one_batch_dataset)
   keras_resnet_tf_function        keras_resnet's --model in a tf.function
   keras_resnet_predict            the same model through model.predict
   saved_model                     the exporter's SavedModel, serving_default, run in a
@@ -103,15 +104,29 @@ def trained_batch_norms(model, seed=0):
     return model
 
 
+def one_batch_dataset(batch):
+    """The batch as `predict`'s input: a one-element tf.data.Dataset with autotuning off.
+
+    Given arrays, `predict` builds an autotuned pipeline, and dropping its iterator waits for
+    the autotune thread's next wake-up: ~0.6 s idle in about half the calls, for any net. That
+    wait is tf.data's, and it would decide the predict ratio by which calls it hit."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return tf.data.Dataset.from_tensors(batch).with_options(options)
+
+
 def keras_calls(prefix, model, batch):
     """The tf.function and predict rows of one Keras model on a preprocessed batch."""
     import tensorflow as tf
 
     forward = tf.function(lambda x: model(x, training=False))
     tensor = tf.constant(batch)
+    dataset = one_batch_dataset(batch)
     return {
         f"{prefix}_tf_function": lambda: forward(tensor).numpy(),
-        f"{prefix}_predict": lambda: model.predict(batch, batch_size=len(batch), verbose=0),
+        f"{prefix}_predict": lambda: model.predict(dataset, verbose=0),
     }
 
 
