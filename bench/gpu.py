@@ -4,7 +4,12 @@ the same run, interleaved (A B C D) after warm-up.
 
   keras_resnet_train       model.train_on_batch: forward, backward, SGD momentum 0.9, under
                            the mixed_bfloat16 policy, compiled by the backend (XLA for JAX)
+  keras_resnet_jit_train   the same step as `fit` runs it between host syncs, without the
+                           per-call Keras work of train_on_batch (reading the variables in,
+                           writing them back): Keras' stateless API under jax.jit, the state
+                           donated and carried (JAX backend only)
   keras_resnet_inference   model.predict_on_batch, mixed_bfloat16
+  keras_resnet_jit_inference  model.stateless_call(training=False) under jax.jit (JAX only)
   torchvision_train        torchvision.models.resnet50, channels_last, bf16 autocast,
                            torch.compile, SGD momentum 0.9
   torchvision_inference    the same under torch.inference_mode
@@ -15,6 +20,11 @@ the paper's (stride on the 1x1: 3.86 GMAC): --stride_in=3x3 times the same net a
 torchvision. GFLOP/s counts each net's own multiply-adds (x2; x3 for a training step), and
 peak_fraction is against the bfloat16 matmul rate measured in the same process.
 
+--profile DIR traces --profile_steps calls of each row after the timing (jax.profiler for the
+Keras rows on JAX, torch.profiler for torch's), keeps the traces there (Perfetto / Chrome JSON,
+gzipped; open them in ui.perfetto.dev) and prints each row's GPU kernel time per call, split
+into convolutions and matmuls and the rest, with its largest kernels.
+
 This script never imports TensorFlow unless it is the Keras backend (the GPU image has JAX
 and PyTorch only), and the torch rows are skipped, with the reason, where torch is missing.
 
@@ -24,8 +34,14 @@ and PyTorch only), and the torch rows are skipped, with the reason, where torch 
 
 from __future__ import annotations
 
+import glob
+import gzip
+import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 
 # JAX would otherwise take 75 % of the GPU's memory at start, leaving torch too little.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -36,8 +52,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timing  # noqa: E402  (bench/timing.py, beside this script)
 
-ROWS = ("keras_resnet_train", "keras_resnet_inference", "torchvision_train", "torchvision_inference")
-REFERENCE = {"keras_resnet_train": "torchvision_train", "keras_resnet_inference": "torchvision_inference"}
+ROWS = (
+    "keras_resnet_train", "keras_resnet_jit_train", "keras_resnet_inference", "keras_resnet_jit_inference",
+    "torchvision_train", "torchvision_inference",
+)
+KERAS_ROWS = tuple(name for name in ROWS if name.startswith("keras_resnet_"))
+JIT_ROWS = ("keras_resnet_jit_train", "keras_resnet_jit_inference")
+REFERENCE = {name: "torchvision_train" if name.endswith("_train") else "torchvision_inference" for name in KERAS_ROWS}
 CLASSES = 1000
 QUICK = {"batch_size": 2, "image_size": 64, "iterations": 2, "warmup": 1, "matmul_size": 256, "torch_compile": False}
 
@@ -51,6 +72,12 @@ flags.DEFINE_integer("warmup", 5, "Untimed steps per row first (compilation, aut
 flags.DEFINE_integer("matmul_size", 8192, "Side of the square bfloat16 matmul that measures the device's peak.")
 flags.DEFINE_bool("torch_compile", True, "torch.compile torchvision's model (off: eager).")
 flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
+flags.DEFINE_string(
+    "profile", None,
+    "Also trace --profile_steps calls of each row into this directory after the timing, and print each "
+    "row's GPU kernel time per call and its largest kernels.",
+)
+flags.DEFINE_integer("profile_steps", 3, "Calls of each row traced by --profile.")
 flags.DEFINE_bool(
     "quick", False,
     "Tiny smoke run that works on a CPU: batch 2, 64x64, 2 steps, 256x256 matmul, torch.compile off; "
@@ -76,7 +103,7 @@ def synthetic_batch(batch_size, size):
 
 def keras_calls(run, wanted):
     """keras_resnet's ResNet-50 rows; the backend's own compiled train and predict steps.
-    Returns (calls, multiply-adds per image)."""
+    Returns (calls, multiply-adds per image, {row: why skipped})."""
     import keras
 
     from keras_resnet import ResNet50, count_flops
@@ -93,7 +120,53 @@ def keras_calls(run, wanted):
         "keras_resnet_train": lambda: model.train_on_batch(images, labels),  # returns host floats: synchronised
         "keras_resnet_inference": lambda: model.predict_on_batch(images),  # returns a NumPy array
     }
-    return {name: call for name, call in calls.items() if name in wanted}, count_flops(model)
+    skipped = {}
+    if wanted & set(JIT_ROWS):
+        if keras.backend.backend() == "jax":
+            calls.update(jax_jit_calls(model, images, labels))
+        else:
+            skipped = dict.fromkeys(JIT_ROWS, f"JAX backend only (this run: {keras.backend.backend()})")
+    return {name: call for name, call in calls.items() if name in wanted}, count_flops(model), skipped
+
+
+def jax_jit_calls(model, images, labels):
+    """The jitted stateless train step (Keras' documented JAX training loop) and forward pass.
+
+    They run on copies of the model's variables: the train step donates its state, which must
+    not free the buffers that the train_on_batch row still holds."""
+    import jax
+
+    def copies(variables):
+        return [jax.numpy.array(v.value, copy=True) for v in variables]
+
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+
+    def loss_and_updates(trainable, non_trainable, x, y):
+        logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        return model.loss(y, logits), non_trainable
+
+    gradient = jax.value_and_grad(loss_and_updates, has_aux=True)
+
+    def train_step(state, x, y):
+        trainable, non_trainable, optimizer_state = state
+        (loss, non_trainable), grads = gradient(trainable, non_trainable, x, y)
+        trainable, optimizer_state = optimizer.stateless_apply(optimizer_state, grads, trainable)
+        return (trainable, non_trainable, optimizer_state), loss
+
+    compiled_step = jax.jit(train_step, donate_argnums=0)
+    state = {"now": (copies(model.trainable_variables), copies(model.non_trainable_variables), copies(optimizer.variables))}
+
+    def train():
+        state["now"], loss = compiled_step(state["now"], images, labels)
+        loss.block_until_ready()
+
+    forward = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x, training=False)[0])
+    weights = (copies(model.trainable_variables), copies(model.non_trainable_variables))
+    return {
+        "keras_resnet_jit_train": train,
+        "keras_resnet_jit_inference": lambda: forward(*weights, images).block_until_ready(),
+    }
 
 
 def torch_calls(run, wanted):
@@ -162,6 +235,8 @@ def main(argv):
     for name in ("batch_size", "iterations", "matmul_size"):
         if run[name] < 1:
             raise app.UsageError(f"--{name}={run[name]} must be >= 1")
+    if FLAGS.profile_steps < 1:
+        raise app.UsageError(f"--profile_steps={FLAGS.profile_steps} must be >= 1")
     if run["image_size"] < 32:
         raise app.UsageError(f"--image_size={run['image_size']} must be >= 32 (ResNet-50 reduces by 32)")
     import keras
@@ -169,15 +244,15 @@ def main(argv):
     # This script is the whole program: the policy is set for all its models, for its lifetime.
     keras.config.set_dtype_policy("mixed_bfloat16")
     wanted = set(FLAGS.rows)
-    calls, macs = {}, {}
-    if wanted & {"keras_resnet_train", "keras_resnet_inference"}:
-        keras_rows, keras_macs = keras_calls(run, wanted)
+    calls, macs, skipped = {}, {}, {}
+    if wanted & set(KERAS_ROWS):
+        keras_rows, keras_macs, skipped = keras_calls(run, wanted)
         calls.update(keras_rows)
         macs.update(dict.fromkeys(keras_rows, keras_macs))
     torch_rows, torch_macs, reason = torch_calls(run, wanted)
     calls.update(torch_rows)
     macs.update(dict.fromkeys(torch_rows, torch_macs))
-    skipped = {name: reason for name in ROWS if reason and name in wanted and name.startswith("torchvision_")}
+    skipped.update({name: reason for name in ROWS if reason and name in wanted and name.startswith("torchvision_")})
     peak = timing.matmul_gflops(run["matmul_size"], "bfloat16")
     calls = {name: calls[name] for name in ROWS if name in calls}
     seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"])
@@ -187,10 +262,114 @@ def main(argv):
         for name in calls
     ]
     timing.add_ratios(rows, lambda name: REFERENCE.get(name, name))
-    report(run, rows, skipped, peak)
+    profiles = profile(calls, FLAGS.profile, FLAGS.profile_steps) if FLAGS.profile else None
+    report(run, rows, skipped, peak, profiles)
 
 
-def report(run, rows, skipped, peak):
+def profile(calls, directory, steps):
+    """Trace `steps` calls of each row into `directory`: {row: kernel_summary(...) or
+    {"skipped": why}}."""
+    import keras
+
+    os.makedirs(directory, exist_ok=True)
+    summaries = {}
+    for name, call in calls.items():
+        path = os.path.join(directory, f"{name}.trace.json.gz")
+        if name.startswith("torchvision_"):
+            trace_torch(call, steps, path)
+        elif keras.backend.backend() == "jax":
+            trace_jax(call, steps, path)
+        else:
+            summaries[name] = {"skipped": f"profiles the Keras rows on JAX only (this run: {keras.backend.backend()})"}
+            continue
+        with gzip.open(path, "rt") as f:
+            summaries[name] = kernel_summary(json.load(f), steps)
+    return summaries
+
+
+def trace_jax(call, steps, path):
+    """`steps` calls under jax.profiler; its Perfetto trace moved to `path`."""
+    import jax
+
+    with tempfile.TemporaryDirectory() as scratch:
+        with jax.profiler.trace(scratch, create_perfetto_trace=True):
+            for _ in range(steps):
+                call()
+        [trace] = glob.glob(os.path.join(scratch, "plugins", "profile", "*", "perfetto_trace.json.gz"))
+        shutil.move(trace, path)
+
+
+def trace_torch(call, steps, path):
+    """`steps` calls under torch.profiler (CPU and CUDA activity); its Chrome trace gzipped to `path`."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as recorded:
+        for _ in range(steps):
+            call()
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = os.path.join(scratch, "trace.json")
+        recorded.export_chrome_trace(plain)
+        with open(plain, "rb") as source, gzip.open(path, "wb") as target:
+            shutil.copyfileobj(source, target)
+
+
+def device_kernels(trace):
+    """(name, microseconds) of every GPU kernel in a Chrome/Perfetto trace. torch.profiler marks
+    them with cat "kernel"; jax.profiler puts them on the "Stream #..." threads of its
+    "/device:GPU:N" processes (its other threads there repeat them per XLA op and module)."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    thread = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+
+    def on_gpu_stream(event):
+        return process.get(event["pid"], "").startswith("/device:GPU") and thread.get((event["pid"], event.get("tid")), "").startswith("Stream")
+
+    return [(e["name"], float(e["dur"])) for e in events if e.get("ph") == "X" and (e.get("cat") == "kernel" or on_gpu_stream(e))]
+
+
+CONVOLUTION_KERNEL = re.compile(r"conv|gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|nhwc|dgrad|wgrad|fprop", re.IGNORECASE)
+
+
+def kernel_summary(trace, steps, top=8):
+    """GPU kernel milliseconds per call: all, convolutions and matmuls (cuDNN, cuBLAS, CUTLASS
+    kernels), the rest (batch norm, ReLU, adds, casts, optimizer: the fused elementwise and
+    reduction kernels), and the `top` kernels by time."""
+    kernels = device_kernels(trace)
+    per_name = {}
+    for name, microseconds in kernels:
+        per_name[name] = per_name.get(name, 0.0) + microseconds
+    convolution = sum(us for name, us in per_name.items() if CONVOLUTION_KERNEL.search(name))
+    total = sum(per_name.values())
+    largest = sorted(per_name.items(), key=lambda item: -item[1])[:top]
+    return {
+        "kernels_per_call": len(kernels) / steps,
+        "device_ms_per_call": total / steps / 1e3,
+        "convolution_ms_per_call": convolution / steps / 1e3,
+        "other_ms_per_call": (total - convolution) / steps / 1e3,
+        "top_kernels_ms_per_call": [[name, us / steps / 1e3] for name, us in largest],
+    }
+
+
+def print_profiles(rows, profiles):
+    """Beside each row's wall time, its GPU kernel time and the largest kernels."""
+    wall = {r["name"]: r["p50_ms"] for r in rows}
+    print(f"\n{'profile (ms per call)':38s} {'wall p50':>9s} {'kernels':>9s} {'conv+mm':>9s} {'other':>9s} {'launches':>9s}")
+    for name, summary in profiles.items():
+        if "skipped" in summary:
+            print(f"{name:38s} skipped: {summary['skipped']}")
+            continue
+        print(
+            f"{name:38s} {wall[name]:9.2f} {summary['device_ms_per_call']:9.2f} {summary['convolution_ms_per_call']:9.2f} "
+            f"{summary['other_ms_per_call']:9.2f} {summary['kernels_per_call']:9.0f}"
+        )
+        for kernel, ms in summary["top_kernels_ms_per_call"][:3]:
+            print(f"    {ms:7.3f} ms  {kernel[:100]}")
+
+
+def report(run, rows, skipped, peak, profiles):
     """Print the table and write --json."""
     import keras
 
@@ -203,6 +382,8 @@ def report(run, rows, skipped, peak):
     )
     timing.print_table(rows, "x torch")
     timing.print_skipped(skipped)
+    if profiles:
+        print_profiles(rows, profiles)
     if FLAGS.json:
         result = {
             **timing.header(),
@@ -214,6 +395,7 @@ def report(run, rows, skipped, peak):
             "peak_gflops_bfloat16": peak,
             "rows": rows,
             "skipped": skipped,
+            "profile": profiles,
         }
         timing.write_json(FLAGS.json, result)
 

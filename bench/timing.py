@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import shutil
@@ -75,20 +76,31 @@ def add_ratios(rows, reference):
     return rows
 
 
-def matmul_gflops(size=4096, dtype="float32", iterations=10):
+def matmul_gflops(size=4096, dtype="float32", iterations=10, min_call_s=0.1):
     """The machine's dense matmul rate in GFLOP/s (2 n^3 per product, median of a few calls):
     the roofline the convolutions are measured against, taken in the same process, on the
-    default device of whichever Keras backend is installed (tf.linalg.matmul under TensorFlow)."""
+    default device of whichever Keras backend is installed (tf.linalg.matmul under TensorFlow).
+
+    Each timed call queues enough products to last about `min_call_s`: on a GPU one 8192^2
+    product takes ~1.4 ms, about what a call's dispatch and host sync cost, so timing single
+    products reported half the rate."""
     import keras
     from keras import ops
 
     a = keras.random.normal((size, size), dtype=dtype, seed=0)
 
-    def product():
-        return ops.convert_to_numpy(ops.sum(ops.cast(ops.matmul(a, a), "float32")))
+    def products(count):
+        def call():
+            for _ in range(count):
+                product = ops.matmul(a, a)
+            return ops.convert_to_numpy(ops.sum(ops.cast(product, "float32")))
 
-    seconds = interleaved({"matmul": product}, warmup=2, iterations=iterations)["matmul"]
-    return 2 * size**3 / float(np.median(seconds)) / 1e9
+        return call
+
+    single = float(np.median(interleaved({"matmul": products(1)}, warmup=2, iterations=3)["matmul"]))
+    count = max(1, math.ceil(min_call_s / single))
+    seconds = interleaved({"matmul": products(count)}, warmup=1, iterations=iterations)["matmul"]
+    return 2 * count * size**3 / float(np.median(seconds)) / 1e9
 
 
 def cpu_model():

@@ -34,7 +34,7 @@ TRAIN_QUICK_ROWS = (
     "trainer_step",
     "trainer_loop",
 )
-GPU_KERAS_ROWS = ("keras_resnet_train", "keras_resnet_inference")
+GPU_KERAS_ROWS = ("keras_resnet_train", "keras_resnet_jit_train", "keras_resnet_inference", "keras_resnet_jit_inference")
 GPU_TORCH_ROWS = ("torchvision_train", "torchvision_inference")
 
 
@@ -56,6 +56,7 @@ def runs(tmp_path_factory):
         "train_step": {},
         "gpu": {"KERAS_BACKEND": "jax", "PYTHONPATH": _no_tensorflow_dir(tmp_path_factory)},
     }
+    extra_flags = {"gpu": ["--profile", str(out / "gpu_profile")]}
     if os.path.isfile(os.path.join(BENCH, "input_pipeline.py")):
         scripts["input_pipeline"] = {}
     started = {}
@@ -63,7 +64,7 @@ def runs(tmp_path_factory):
         json_path, log_path = out / f"{name}.json", out / f"{name}.log"
         log = open(log_path, "w")
         process = subprocess.Popen(
-            [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--json", str(json_path)],
+            [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--json", str(json_path), *extra_flags.get(name, [])],
             env={**base_env, **env}, cwd=str(out), stdout=log, stderr=subprocess.STDOUT,
         )
         started[name] = (process, json_path, log_path, log)
@@ -139,6 +140,13 @@ def test_gpu_script_under_jax_without_tensorflow(runs):
     for name in GPU_TORCH_ROWS:
         assert name in rows or name in payload["skipped"], f"{name} neither ran nor says why it was skipped"
     assert rows["keras_resnet_train"]["ratio_to"] == "torchvision_train"
+    assert rows["keras_resnet_jit_inference"]["ratio_to"] == "torchvision_inference"
+    # --profile: one jax.profiler trace per row, summarised (no GPU here: no kernels in it)
+    assert set(payload["profile"]) == set(rows)
+    profile_dir = runs["gpu"][1].parent / "gpu_profile"
+    for name in GPU_KERAS_ROWS:
+        assert (profile_dir / f"{name}.trace.json.gz").stat().st_size > 0
+        assert payload["profile"][name]["device_ms_per_call"] >= 0
 
 
 def test_input_pipeline(runs):
