@@ -22,7 +22,7 @@ peak_fraction is against the bfloat16 matmul rate measured in the same process.
 
 --profile DIR traces --profile_steps calls of each row after the timing (jax.profiler for the
 Keras rows on JAX, torch.profiler for torch's), keeps the traces there (Perfetto / Chrome JSON,
-gzipped; open them in ui.perfetto.dev) and prints each row's GPU kernel time per call, split
+gzipped; open them in ui.perfetto.dev) and prints each row's GPU busy time per call, split
 into convolutions and matmuls and the rest, with its largest kernels.
 
 This script never imports TensorFlow unless it is the Keras backend (the GPU image has JAX
@@ -75,7 +75,7 @@ flags.DEFINE_string("json", None, "Also write the results as JSON to this path."
 flags.DEFINE_string(
     "profile", None,
     "Also trace --profile_steps calls of each row into this directory after the timing, and print each "
-    "row's GPU kernel time per call and its largest kernels.",
+    "row's GPU busy time per call and its largest kernels.",
 )
 flags.DEFINE_integer("profile_steps", 3, "Calls of each row traced by --profile.")
 flags.DEFINE_bool(
@@ -317,26 +317,29 @@ def trace_torch(call, steps, path):
 
 
 def device_kernels(trace):
-    """(name, microseconds) of every GPU kernel in a Chrome/Perfetto trace. torch.profiler marks
-    them with cat "kernel"; jax.profiler puts them on the "Stream #..." threads of its
-    "/device:GPU:N" processes (its other threads there repeat them per XLA op and module)."""
+    """(name, microseconds) of everything a GPU ran (kernels, memsets, copies) in a Chrome or
+    Perfetto trace: torch.profiler files them under the categories in TORCH_GPU_CATEGORIES;
+    jax.profiler puts them on the "Stream #..." threads of its "/device:GPU:N" process."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
     thread = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
 
-    def on_gpu_stream(event):
+    def on_gpu(event):
+        if event.get("cat") in TORCH_GPU_CATEGORIES:
+            return True
         return process.get(event["pid"], "").startswith("/device:GPU") and thread.get((event["pid"], event.get("tid")), "").startswith("Stream")
 
-    return [(e["name"], float(e["dur"])) for e in events if e.get("ph") == "X" and (e.get("cat") == "kernel" or on_gpu_stream(e))]
+    return [(e["name"], float(e["dur"])) for e in events if e.get("ph") == "X" and on_gpu(e)]
 
 
+TORCH_GPU_CATEGORIES = ("kernel", "gpu_memset", "gpu_memcpy")
 CONVOLUTION_KERNEL = re.compile(r"conv|gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|nhwc|dgrad|wgrad|fprop", re.IGNORECASE)
 
 
 def kernel_summary(trace, steps, top=8):
-    """GPU kernel milliseconds per call: all, convolutions and matmuls (cuDNN, cuBLAS, CUTLASS
+    """GPU milliseconds per call: all, convolutions and matmuls (cuDNN, cuBLAS, CUTLASS
     kernels), the rest (batch norm, ReLU, adds, casts, optimizer: the fused elementwise and
-    reduction kernels), and the `top` kernels by time."""
+    reduction kernels; memsets and copies), and the `top` kernels by time."""
     kernels = device_kernels(trace)
     per_name = {}
     for name, microseconds in kernels:
@@ -354,9 +357,9 @@ def kernel_summary(trace, steps, top=8):
 
 
 def print_profiles(rows, profiles):
-    """Beside each row's wall time, its GPU kernel time and the largest kernels."""
+    """Beside each row's wall time, its GPU busy time and the largest kernels."""
     wall = {r["name"]: r["p50_ms"] for r in rows}
-    print(f"\n{'profile (ms per call)':38s} {'wall p50':>9s} {'kernels':>9s} {'conv+mm':>9s} {'other':>9s} {'launches':>9s}")
+    print(f"\n{'profile (ms per call)':38s} {'wall p50':>9s} {'GPU busy':>9s} {'conv+mm':>9s} {'other':>9s} {'GPU ops':>9s}")
     for name, summary in profiles.items():
         if "skipped" in summary:
             print(f"{name:38s} skipped: {summary['skipped']}")
