@@ -3,7 +3,8 @@
 Never a speed assertion: figures come from the scripts on a quiet machine (BENCHMARKS.md).
 The scripts start together (tracing is mostly single-threaded, so two cores run two at once)
 and each test waits for its own. gpu.py runs under KERAS_BACKEND=jax with an importable
-`tensorflow` that raises, as on the GPU machine, which has no TensorFlow.
+`tensorflow` that raises, as on the GPU machine, which has no TensorFlow. gpu.py's --profile
+summary is also read on two traces recorded on an H200 (tests/data/h200_traces).
 """
 
 import json
@@ -154,3 +155,28 @@ def test_input_pipeline(runs):
     assert payload["cores"] >= 1
     per_core = payload["images_per_second_per_core"]
     assert "decode" in per_core and all(rate > 0 for rate in per_core.values())
+
+
+H200_TRACES = os.path.join(REPO, "tests", "data", "h200_traces")
+
+
+@pytest.mark.parametrize("row, wall_ms", [("keras_resnet_jit_inference", 10.68), ("torchvision_inference", 11.84)])
+def test_profile_summary_of_real_gpu_traces(row, wall_ms):
+    """Traces that jax.profiler and torch.profiler wrote on an H200 (gpu.py --stride_in 3x3
+    --profile, 3 calls of ResNet-50 at batch 256, BENCHMARKS.md table 3; wall_ms is the row's
+    p50 in that run). CI has no GPU, so this is where the GPU side of --profile is read: the GPU
+    was busy for most of each call and never longer than it, and cuDNN's convolutions, found by
+    name, took between a third and four fifths of that."""
+    path = os.path.join(H200_TRACES, f"{row}.trace.json.gz")
+    script = (
+        "import gzip, json, sys, gpu\n"
+        "with gzip.open(sys.argv[1], 'rt') as f:\n"
+        "    print(json.dumps(gpu.kernel_summary(json.load(f), steps=3)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, path], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    busy = summary["device_ms_per_call"]
+    assert 0.6 * wall_ms < busy < wall_ms
+    assert 1 / 3 < summary["convolution_ms_per_call"] / busy < 0.8
+    assert 100 < summary["kernels_per_call"] < 400
