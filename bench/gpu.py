@@ -267,7 +267,7 @@ def main(argv):
 
 
 def profile(calls, directory, steps):
-    """Trace `steps` calls of each row into `directory`: {row: kernel_summary(...) or
+    """Trace `steps` calls of each row into `directory`: {row: gpu_time_summary(...) or
     {"skipped": why}}."""
     import keras
 
@@ -283,7 +283,7 @@ def profile(calls, directory, steps):
             summaries[name] = {"skipped": f"profiles the Keras rows on JAX only (this run: {keras.backend.backend()})"}
             continue
         with gzip.open(path, "rt") as f:
-            summaries[name] = kernel_summary(json.load(f), steps)
+            summaries[name] = gpu_time_summary(json.load(f), steps)
     return summaries
 
 
@@ -300,7 +300,7 @@ def trace_jax(call, steps, path):
 
 
 def trace_torch(call, steps, path):
-    """`steps` calls under torch.profiler (CPU and CUDA activity); its Chrome trace gzipped to `path`."""
+    """`steps` calls under torch.profiler (CPU and CUDA activity); its Chrome trace to `path`."""
     import torch
 
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -309,14 +309,13 @@ def trace_torch(call, steps, path):
     with torch.profiler.profile(activities=activities) as recorded:
         for _ in range(steps):
             call()
-    with tempfile.TemporaryDirectory() as scratch:
-        plain = os.path.join(scratch, "trace.json")
-        recorded.export_chrome_trace(plain)
-        with open(plain, "rb") as source, gzip.open(path, "wb") as target:
-            shutil.copyfileobj(source, target)
+    recorded.export_chrome_trace(path)  # gzipped by torch: the path ends in .gz
 
 
-def device_kernels(trace):
+TORCH_GPU_CATEGORIES = ("kernel", "gpu_memset", "gpu_memcpy")
+
+
+def gpu_operations(trace):
     """(name, microseconds) of everything a GPU ran (kernels, memsets, copies) in a Chrome or
     Perfetto trace: torch.profiler files them under the categories in TORCH_GPU_CATEGORIES;
     jax.profiler puts them on the "Stream #..." threads of its "/device:GPU:N" process."""
@@ -332,24 +331,23 @@ def device_kernels(trace):
     return [(e["name"], float(e["dur"])) for e in events if e.get("ph") == "X" and on_gpu(e)]
 
 
-TORCH_GPU_CATEGORIES = ("kernel", "gpu_memset", "gpu_memcpy")
 CONVOLUTION_KERNEL = re.compile(r"conv|gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|nhwc|dgrad|wgrad|fprop", re.IGNORECASE)
 
 
-def kernel_summary(trace, steps, top=8):
+def gpu_time_summary(trace, steps, top=8):
     """GPU milliseconds per call: all, convolutions and matmuls (cuDNN, cuBLAS, CUTLASS
     kernels), the rest (batch norm, ReLU, adds, casts, optimizer: the fused elementwise and
     reduction kernels; memsets and copies), and the `top` kernels by time."""
-    kernels = device_kernels(trace)
+    operations = gpu_operations(trace)
     per_name = {}
-    for name, microseconds in kernels:
+    for name, microseconds in operations:
         per_name[name] = per_name.get(name, 0.0) + microseconds
     convolution = sum(us for name, us in per_name.items() if CONVOLUTION_KERNEL.search(name))
     total = sum(per_name.values())
     largest = sorted(per_name.items(), key=lambda item: -item[1])[:top]
     return {
-        "kernels_per_call": len(kernels) / steps,
-        "device_ms_per_call": total / steps / 1e3,
+        "gpu_operations_per_call": len(operations) / steps,
+        "gpu_busy_ms_per_call": total / steps / 1e3,
         "convolution_ms_per_call": convolution / steps / 1e3,
         "other_ms_per_call": (total - convolution) / steps / 1e3,
         "top_kernels_ms_per_call": [[name, us / steps / 1e3] for name, us in largest],
@@ -365,8 +363,8 @@ def print_profiles(rows, profiles):
             print(f"{name:38s} skipped: {summary['skipped']}")
             continue
         print(
-            f"{name:38s} {wall[name]:9.2f} {summary['device_ms_per_call']:9.2f} {summary['convolution_ms_per_call']:9.2f} "
-            f"{summary['other_ms_per_call']:9.2f} {summary['kernels_per_call']:9.0f}"
+            f"{name:38s} {wall[name]:9.2f} {summary['gpu_busy_ms_per_call']:9.2f} {summary['convolution_ms_per_call']:9.2f} "
+            f"{summary['other_ms_per_call']:9.2f} {summary['gpu_operations_per_call']:9.0f}"
         )
         for kernel, ms in summary["top_kernels_ms_per_call"][:3]:
             print(f"    {ms:7.3f} ms  {kernel[:100]}")
