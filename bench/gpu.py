@@ -10,6 +10,10 @@ the same run, interleaved (A B C D) after warm-up.
                            donated and carried (JAX backend only)
   keras_resnet_inference   model.predict_on_batch, mixed_bfloat16
   keras_resnet_jit_inference  model.stateless_call(training=False) under jax.jit (JAX only)
+  keras_applications_jit_train / keras_applications_jit_inference
+                           keras.applications.ResNet50 (the paper's stride placement, conv
+                           biases) in the same two jitted steps (JAX only): keras_resnet's
+                           jit rows are also printed as a ratio to these
   torchvision_train        torchvision.models.resnet50, channels_last, bf16 autocast,
                            torch.compile, SGD momentum 0.9
   torchvision_inference    the same under torch.inference_mode
@@ -54,10 +58,12 @@ import timing  # noqa: E402  (bench/timing.py, beside this script)
 
 ROWS = (
     "keras_resnet_train", "keras_resnet_jit_train", "keras_resnet_inference", "keras_resnet_jit_inference",
+    "keras_applications_jit_train", "keras_applications_jit_inference",
     "torchvision_train", "torchvision_inference",
 )
-KERAS_ROWS = tuple(name for name in ROWS if name.startswith("keras_resnet_"))
-JIT_ROWS = ("keras_resnet_jit_train", "keras_resnet_jit_inference")
+KERAS_ROWS = tuple(name for name in ROWS if name.startswith("keras_"))
+JIT_ROWS = tuple(name for name in KERAS_ROWS if "_jit_" in name)
+SAME_STEP_AS_APPLICATIONS = {"keras_resnet_jit_train": "keras_applications_jit_train", "keras_resnet_jit_inference": "keras_applications_jit_inference"}
 REFERENCE = {name: "torchvision_train" if name.endswith("_train") else "torchvision_inference" for name in KERAS_ROWS}
 CLASSES = 1000
 QUICK = {"batch_size": 2, "image_size": 64, "iterations": 2, "warmup": 1, "matmul_size": 256, "torch_compile": False}
@@ -102,35 +108,49 @@ def synthetic_batch(batch_size, size):
 
 
 def keras_calls(run, wanted):
-    """keras_resnet's ResNet-50 rows; the backend's own compiled train and predict steps.
-    Returns (calls, multiply-adds per image, {row: why skipped})."""
+    """keras_resnet's ResNet-50 rows (the backend's own compiled train and predict steps, and
+    the jitted ones) and keras.applications' jitted rows.
+    Returns (calls, {row: multiply-adds per image}, {row: why skipped})."""
     import keras
 
     from keras_resnet import ResNet50, count_flops
 
     size = run["image_size"]
-    model = ResNet50(input_shape=(size, size, 3), stride_in=FLAGS.stride_in, classifier_activation=None)
+    images, labels = synthetic_batch(run["batch_size"], size)
+    images, labels = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
+    on_jax = keras.backend.backend() == "jax"
+    calls, macs = {}, {}
+    skipped = {} if on_jax else {name: f"JAX backend only (this run: {keras.backend.backend()})" for name in JIT_ROWS if name in wanted}
+    if any(name.startswith("keras_resnet_") for name in wanted):
+        model = compiled(ResNet50(input_shape=(size, size, 3), stride_in=FLAGS.stride_in, classifier_activation=None))
+        calls["keras_resnet_train"] = lambda: model.train_on_batch(images, labels)  # returns host floats: synchronised
+        calls["keras_resnet_inference"] = lambda: model.predict_on_batch(images)  # returns a NumPy array
+        if on_jax:
+            calls.update(jax_jit_calls(model, images, labels, "keras_resnet"))
+        macs.update(dict.fromkeys(calls, count_flops(model)))
+    if on_jax and any(name.startswith("keras_applications_") for name in wanted):
+        reference = compiled(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classifier_activation=None))
+        applications_calls = jax_jit_calls(reference, images, labels, "keras_applications")
+        calls.update(applications_calls)
+        macs.update(dict.fromkeys(applications_calls, count_flops(reference)))
+    calls = {name: call for name, call in calls.items() if name in wanted}
+    return calls, {name: macs[name] for name in calls}, skipped
+
+
+def compiled(model):
+    """`model` compiled as every Keras row trains it: SGD momentum 0.9, cross-entropy on logits."""
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    images, labels = synthetic_batch(run["batch_size"], size)
-    images, labels = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
-    calls = {
-        "keras_resnet_train": lambda: model.train_on_batch(images, labels),  # returns host floats: synchronised
-        "keras_resnet_inference": lambda: model.predict_on_batch(images),  # returns a NumPy array
-    }
-    skipped = {}
-    if wanted & set(JIT_ROWS):
-        if keras.backend.backend() == "jax":
-            calls.update(jax_jit_calls(model, images, labels))
-        else:
-            skipped = dict.fromkeys(JIT_ROWS, f"JAX backend only (this run: {keras.backend.backend()})")
-    return {name: call for name, call in calls.items() if name in wanted}, count_flops(model), skipped
+    return model
 
 
-def jax_jit_calls(model, images, labels):
-    """The jitted stateless train step (Keras' documented JAX training loop) and forward pass.
+def jax_jit_calls(model, images, labels, prefix):
+    """`{prefix}_jit_train` and `{prefix}_jit_inference`: the jitted stateless train step (Keras'
+    documented JAX training loop) and forward pass.
 
     They run on copies of the model's variables: the train step donates its state, which must
     not free the buffers that the train_on_batch row still holds."""
@@ -164,8 +184,8 @@ def jax_jit_calls(model, images, labels):
     forward = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x, training=False)[0])
     weights = (copies(model.trainable_variables), copies(model.non_trainable_variables))
     return {
-        "keras_resnet_jit_train": train,
-        "keras_resnet_jit_inference": lambda: forward(*weights, images).block_until_ready(),
+        f"{prefix}_jit_train": train,
+        f"{prefix}_jit_inference": lambda: forward(*weights, images).block_until_ready(),
     }
 
 
@@ -248,7 +268,7 @@ def main(argv):
     if wanted & set(KERAS_ROWS):
         keras_rows, keras_macs, skipped = keras_calls(run, wanted)
         calls.update(keras_rows)
-        macs.update(dict.fromkeys(keras_rows, keras_macs))
+        macs.update(keras_macs)
     torch_rows, torch_macs, reason = torch_calls(run, wanted)
     calls.update(torch_rows)
     macs.update(dict.fromkeys(torch_rows, torch_macs))
@@ -264,6 +284,14 @@ def main(argv):
     timing.add_ratios(rows, lambda name: REFERENCE.get(name, name))
     profiles = profile(calls, FLAGS.profile, FLAGS.profile_steps) if FLAGS.profile else None
     report(run, rows, skipped, peak, profiles)
+
+
+def over_keras_applications(rows):
+    """{keras_resnet jit row: its images/s over keras.applications' in the same jitted step},
+    for the pairs that both ran."""
+    rates = {r["name"]: r["images_per_s"] for r in rows}
+    return {ours: rates[ours] / rates[theirs]
+            for ours, theirs in SAME_STEP_AS_APPLICATIONS.items() if ours in rates and theirs in rates}
 
 
 def profile(calls, directory, steps):
@@ -382,6 +410,11 @@ def report(run, rows, skipped, peak, profiles):
         f"{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}"
     )
     timing.print_table(rows, "x torch")
+    ratios = over_keras_applications(rows)
+    if ratios:
+        net = "the same net" if FLAGS.stride_in == "1x1" else "keras.applications has the stride on the 1x1, not the 3x3"
+        print("keras_resnet / keras.applications, same jitted step (" + net + "): "
+              + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items()))
     timing.print_skipped(skipped)
     if profiles:
         print_profiles(rows, profiles)
@@ -395,6 +428,7 @@ def report(run, rows, skipped, peak, profiles):
             "stride_in": FLAGS.stride_in,
             "peak_gflops_bfloat16": peak,
             "rows": rows,
+            "keras_resnet_over_keras_applications": ratios,
             "skipped": skipped,
             "profile": profiles,
         }

@@ -35,7 +35,14 @@ TRAIN_QUICK_ROWS = (
     "trainer_step",
     "trainer_loop",
 )
-GPU_KERAS_ROWS = ("keras_resnet_train", "keras_resnet_jit_train", "keras_resnet_inference", "keras_resnet_jit_inference")
+GPU_KERAS_ROWS = (
+    "keras_resnet_train",
+    "keras_resnet_jit_train",
+    "keras_resnet_inference",
+    "keras_resnet_jit_inference",
+    "keras_applications_jit_train",
+    "keras_applications_jit_inference",
+)
 GPU_TORCH_ROWS = ("torchvision_train", "torchvision_inference")
 
 
@@ -142,6 +149,12 @@ def test_gpu_script_under_jax_without_tensorflow(runs):
         assert name in rows or name in payload["skipped"], f"{name} neither ran nor says why it was skipped"
     assert rows["keras_resnet_train"]["ratio_to"] == "torchvision_train"
     assert rows["keras_resnet_jit_inference"]["ratio_to"] == "torchvision_inference"
+    assert rows["keras_applications_jit_train"]["ratio_to"] == "torchvision_train"
+    over_applications = payload["keras_resnet_over_keras_applications"]
+    assert set(over_applications) == {"keras_resnet_jit_train", "keras_resnet_jit_inference"}
+    assert over_applications["keras_resnet_jit_train"] == pytest.approx(
+        rows["keras_resnet_jit_train"]["images_per_s"] / rows["keras_applications_jit_train"]["images_per_s"]
+    )
     # --profile: one jax.profiler trace per row, summarised; this machine has no GPU, so none of
     # the trace's host events may be counted as GPU work
     assert set(payload["profile"]) == set(rows)
