@@ -63,7 +63,10 @@ ROWS = (
 )
 KERAS_ROWS = tuple(name for name in ROWS if name.startswith("keras_"))
 JIT_ROWS = tuple(name for name in KERAS_ROWS if "_jit_" in name)
-SAME_STEP_AS_APPLICATIONS = {"keras_resnet_jit_train": "keras_applications_jit_train", "keras_resnet_jit_inference": "keras_applications_jit_inference"}
+SAME_STEP_AS_APPLICATIONS = {
+    "keras_resnet_jit_train": "keras_applications_jit_train",
+    "keras_resnet_jit_inference": "keras_applications_jit_inference",
+}
 REFERENCE = {name: "torchvision_train" if name.endswith("_train") else "torchvision_inference" for name in KERAS_ROWS}
 CLASSES = 1000
 QUICK = {"batch_size": 2, "image_size": 64, "iterations": 2, "warmup": 1, "matmul_size": 256, "torch_compile": False}
@@ -120,7 +123,8 @@ def keras_calls(run, wanted):
     images, labels = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
     on_jax = keras.backend.backend() == "jax"
     calls, macs = {}, {}
-    skipped = {} if on_jax else {name: f"JAX backend only (this run: {keras.backend.backend()})" for name in JIT_ROWS if name in wanted}
+    jax_only = f"JAX backend only (this run: {keras.backend.backend()})"
+    skipped = {} if on_jax else {name: jax_only for name in JIT_ROWS if name in wanted}
     if any(name.startswith("keras_resnet_") for name in wanted):
         model = compiled(ResNet50(input_shape=(size, size, 3), stride_in=FLAGS.stride_in, classifier_activation=None))
         calls["keras_resnet_train"] = lambda: model.train_on_batch(images, labels)  # returns host floats: synchronised
@@ -129,7 +133,8 @@ def keras_calls(run, wanted):
             calls.update(jax_jit_calls(model, images, labels, "keras_resnet"))
         macs.update(dict.fromkeys(calls, count_flops(model)))
     if on_jax and any(name.startswith("keras_applications_") for name in wanted):
-        reference = compiled(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classifier_activation=None))
+        reference = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classifier_activation=None)
+        reference = compiled(reference)
         applications_calls = jax_jit_calls(reference, images, labels, "keras_applications")
         calls.update(applications_calls)
         macs.update(dict.fromkeys(applications_calls, count_flops(reference)))
