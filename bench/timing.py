@@ -162,11 +162,11 @@ def _text(value, spec, suffix=""):
 
 def print_table(rows, ratio_label):
     """The rows as a fixed-width table; the `ratio` column headed `ratio_label`."""
-    print(f"{'row':38s} {'images/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {ratio_label:>9s}")
+    print(f"{'row':44s} {'images/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {ratio_label:>9s}")
     for r in rows:
         peak = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
         print(
-            f"{r['name']:38s} {_text(r['images_per_s'], '.1f'):>9s} {_text(r['p50_ms'], '.1f'):>9s} "
+            f"{r['name']:44s} {_text(r['images_per_s'], '.1f'):>9s} {_text(r['p50_ms'], '.1f'):>9s} "
             f"{_text(r['p99_ms'], '.1f'):>9s} {_text(r['gflops_per_s'], '.1f'):>8s} {_text(peak, '.1f', '%'):>8s} "
             f"{_text(r.get('ratio'), '.2f', 'x'):>9s}"
         )
@@ -175,7 +175,7 @@ def print_table(rows, ratio_label):
 def print_skipped(skipped):
     """One line per row that did not run, with why."""
     for name, reason in skipped.items():
-        print(f"{name:38s} skipped: {reason}")
+        print(f"{name:44s} skipped: {reason}")
 
 
 def write_json(path, result):

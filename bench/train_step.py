@@ -7,6 +7,13 @@ Rows, all on the same synthetic batch, interleaved (A B A B) after warm-up:
                         net in keras_applications_resnet50, keras_resnet_resnet50,
                         keras_resnet_<--cifar_model>; dtype float32 or bfloat16 (the
                         mixed_bfloat16 policy, set while the models are built and restored)
+  keras_resnet_resnet50_bfloat16_xla_rounded
+                        a diagnostic, not a model keras_resnet ships: its bfloat16 XLA step
+                        with an XLA optimization barrier after each convolution, which keeps
+                        the conv outputs rounded to bfloat16 before batch norm, as
+                        keras.applications' bias add does (XLA:CPU otherwise feeds batch norm
+                        the float32 result; BENCHMARKS.md, table 2). Uses TensorFlow's
+                        internal `tf2xla` optimization barrier.
   trainer_step          the trainer's step (keras_resnet.training.loop.make_train_step:
                         strategy.run, L2 penalty, error counts) fed by a tf.data iterator,
                         on the --cifar_model, float32: compare with its bare float32 row
@@ -37,11 +44,12 @@ import timing  # noqa: E402  (bench/timing.py, beside this script)
 DTYPES = ("float32", "bfloat16")
 REFERENCE_NET = "keras_applications_resnet50"
 TRAINER_ROWS = ("trainer_step", "trainer_loop")
+ROUNDED_ROW = "keras_resnet_resnet50_bfloat16_xla_rounded"
 QUICK = {"batch_size": 2, "cifar_batch_size": 2, "image_size": 32, "iterations": 2, "warmup": 1, "matmul_size": 512}
-# Every code path once (both ResNet-50s, bfloat16 with XLA, the trainer) without tracing all
-# fourteen training graphs: a smoke run in about a minute of CPU time.
+# Every code path once (both ResNet-50s, bfloat16 with XLA, the rounded diagnostic, the trainer)
+# without tracing all fifteen training graphs: a smoke run in about a minute of CPU time.
 QUICK_ROWS = ("keras_applications_resnet50_float32", "keras_resnet_resnet50_float32", "keras_resnet_{cifar}_float32",
-              "keras_resnet_{cifar}_bfloat16_xla", *TRAINER_ROWS)
+              "keras_resnet_{cifar}_bfloat16_xla", ROUNDED_ROW, *TRAINER_ROWS)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 32, "Images per step of the ImageNet nets.")
@@ -84,7 +92,7 @@ def nets(cifar_model):
 def all_rows(cifar_model):
     """Every row name, in printing order."""
     bare = [f"{net}_{dtype}{suffix}" for net in nets(cifar_model) for dtype in DTYPES for suffix in ("", "_xla")]
-    return bare + list(TRAINER_ROWS)
+    return bare + [ROUNDED_ROW, *TRAINER_ROWS]
 
 
 def synthetic_batch(batch_size, size, classes, seed=0):
@@ -141,7 +149,43 @@ def bare_calls(run, wanted):
                 if name in wanted:
                     calls[name] = bare_step(model, optimizer, images, labels, xla)
                     work[name] = (batch_size, dtype, 3 * 2 * count_flops(model))
+    if ROUNDED_ROW in wanted:
+        size = run["image_size"]
+        make_resnet50, _ = nets(run["cifar_model"])["keras_resnet_resnet50"]
+        with dtype_policy("bfloat16"):
+            plain = make_resnet50((size, size, 3))
+            model = rounded_after_convs(plain)
+        images, labels = synthetic_batch(run["batch_size"], size, model.output_shape[-1])
+        optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+        calls[ROUNDED_ROW] = bare_step(model, optimizer, images, labels, jit_compile=True)
+        work[ROUNDED_ROW] = (run["batch_size"], "bfloat16", 3 * 2 * count_flops(plain))
     return calls, work
+
+
+def rounded_after_convs(model):
+    """A copy of `model` whose every Conv2D output passes an XLA optimization barrier, so that
+    XLA cannot fuse away the conv output's rounding to the compute dtype (the ROUNDED_ROW)."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.compiler.tf2xla.python import xla
+
+    @tf.custom_gradient
+    def barrier(x):
+        return xla.optimization_barrier(x)[0], lambda gradient: gradient
+
+    class RoundedConv(keras.layers.Layer):
+        def __init__(self, conv):
+            super().__init__(name=f"{conv.name}_rounded", dtype=conv.dtype_policy)
+            self.conv = conv
+
+        def call(self, inputs):
+            return barrier(self.conv(inputs))
+
+    def clone(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        return RoundedConv(copy) if isinstance(layer, keras.layers.Conv2D) else copy
+
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def trainer_inputs(batch_size, classes):
@@ -256,7 +300,10 @@ def main(argv):
 
 def reference_row(name, cifar_model):
     """What a row is compared with: an ImageNet net's row with keras.applications' at the same
-    dtype and XLA setting; the CIFAR and trainer rows with the bare float32 CIFAR step."""
+    dtype and XLA setting (the rounded row with keras.applications' bfloat16 XLA step); the
+    CIFAR and trainer rows with the bare float32 CIFAR step."""
+    if name == ROUNDED_ROW:
+        return REFERENCE_NET + "_bfloat16_xla"
     for net in (REFERENCE_NET, "keras_resnet_resnet50"):
         if name.startswith(net + "_"):
             return REFERENCE_NET + name[len(net) :]

@@ -32,6 +32,7 @@ TRAIN_QUICK_ROWS = (
     "keras_resnet_resnet50_float32",
     "keras_resnet_resnet56_float32",
     "keras_resnet_resnet56_bfloat16_xla",
+    "keras_resnet_resnet50_bfloat16_xla_rounded",
     "trainer_step",
     "trainer_loop",
 )
@@ -136,6 +137,7 @@ def test_train_step(runs):
     assert payload["peak_gflops"] > 0 and payload["peak_gflops_bfloat16"] > 0
     rows = check_rows(payload, TRAIN_QUICK_ROWS)
     assert rows["keras_resnet_resnet50_float32"]["ratio_to"] == "keras_applications_resnet50_float32"
+    assert rows["keras_resnet_resnet50_bfloat16_xla_rounded"]["ratio_to"] == "keras_applications_resnet50_bfloat16_xla"
     assert rows["trainer_step"]["ratio_to"] == "keras_resnet_resnet56_float32"
     assert "trainer_loop" in log
 
