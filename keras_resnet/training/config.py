@@ -149,7 +149,11 @@ class TrainConfig:
     dtype: str = _field(
         "float32", "Compute dtype: float32, bfloat16 (mixed, variables float32), float16 (mixed, with loss scaling).", DTYPES
     )
-    jit_compile: bool = _field(False, "Compile the forward and backward pass with XLA.")
+    jit_compile: bool = _field(
+        False,
+        "Compile the forward and backward pass with XLA: for GPUs and TPUs; on a CPU XLA trained "
+        "ResNets about 2x slower than without (BENCHMARKS.md, table 2).",
+    )
     seed: int | None = _field(
         None,
         "Seed for initialisation and data order; with --deterministic, runs repeat bit for bit."
