@@ -152,7 +152,7 @@ class TrainConfig:
     jit_compile: bool = _field(
         False,
         "Compile the forward and backward pass with XLA: for GPUs and TPUs; on a CPU XLA trained "
-        "ResNets about 2x slower than without (BENCHMARKS.md, table 2).",
+        "ResNets 2-3x slower than without (BENCHMARKS.md, table 2).",
     )
     seed: int | None = _field(
         None,
