@@ -13,7 +13,7 @@ the same run, interleaved (A B C D) after warm-up.
   keras_applications_jit_train / keras_applications_jit_inference
                            keras.applications.ResNet50 (the paper's stride placement, conv
                            biases) in the same two jitted steps (JAX only): keras_resnet's
-                           jit rows are also printed as a ratio to these
+                           jit rows are also compared with these (field x_keras_applications)
   torchvision_train        torchvision.models.resnet50, channels_last, bf16 autocast,
                            torch.compile, SGD momentum 0.9
   torchvision_inference    the same under torch.inference_mode
@@ -287,16 +287,9 @@ def main(argv):
         for name in calls
     ]
     timing.add_ratios(rows, lambda name: REFERENCE.get(name, name))
+    timing.add_ratios(rows, SAME_STEP_AS_APPLICATIONS.get, field="x_keras_applications")
     profiles = profile(calls, FLAGS.profile, FLAGS.profile_steps) if FLAGS.profile else None
     report(run, rows, skipped, peak, profiles)
-
-
-def over_keras_applications(rows):
-    """{keras_resnet jit row: its images/s over keras.applications' in the same jitted step},
-    for the pairs that both ran."""
-    rates = {r["name"]: r["images_per_s"] for r in rows}
-    return {ours: rates[ours] / rates[theirs]
-            for ours, theirs in SAME_STEP_AS_APPLICATIONS.items() if ours in rates and theirs in rates}
 
 
 def profile(calls, directory, steps):
@@ -390,13 +383,13 @@ def gpu_time_summary(trace, steps, top=8):
 def print_profiles(rows, profiles):
     """Beside each row's wall time, its GPU busy time and the largest kernels."""
     wall = {r["name"]: r["p50_ms"] for r in rows}
-    print(f"\n{'profile (ms per call)':38s} {'wall p50':>9s} {'GPU busy':>9s} {'conv+mm':>9s} {'other':>9s} {'GPU ops':>9s}")
+    print(f"\n{'profile (ms per call)':{timing.NAME_WIDTH}s} {'wall p50':>9s} {'GPU busy':>9s} {'conv+mm':>9s} {'other':>9s} {'GPU ops':>9s}")
     for name, summary in profiles.items():
         if "skipped" in summary:
-            print(f"{name:38s} skipped: {summary['skipped']}")
+            print(f"{name:{timing.NAME_WIDTH}s} skipped: {summary['skipped']}")
             continue
         print(
-            f"{name:38s} {wall[name]:9.2f} {summary['gpu_busy_ms_per_call']:9.2f} {summary['convolution_ms_per_call']:9.2f} "
+            f"{name:{timing.NAME_WIDTH}s} {wall[name]:9.2f} {summary['gpu_busy_ms_per_call']:9.2f} {summary['convolution_ms_per_call']:9.2f} "
             f"{summary['other_ms_per_call']:9.2f} {summary['gpu_operations_per_call']:9.0f}"
         )
         for kernel, ms in summary["top_kernels_ms_per_call"][:3]:
@@ -415,11 +408,11 @@ def report(run, rows, skipped, peak, profiles):
         f"{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}"
     )
     timing.print_table(rows, "x torch")
-    ratios = over_keras_applications(rows)
-    if ratios:
+    paired = [r for r in rows if r["x_keras_applications"]]
+    if paired:
         net = "the same net" if FLAGS.stride_in == "1x1" else "keras.applications has the stride on the 1x1, not the 3x3"
         print("keras_resnet / keras.applications, same jitted step (" + net + "): "
-              + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items()))
+              + ", ".join(f"{r['name']} {r['x_keras_applications']:.2f}x" for r in paired))
     timing.print_skipped(skipped)
     if profiles:
         print_profiles(rows, profiles)
@@ -433,7 +426,6 @@ def report(run, rows, skipped, peak, profiles):
             "stride_in": FLAGS.stride_in,
             "peak_gflops_bfloat16": peak,
             "rows": rows,
-            "keras_resnet_over_keras_applications": ratios,
             "skipped": skipped,
             "profile": profiles,
         }

@@ -25,6 +25,7 @@ ROW_FIELDS = ("name", "images_per_s", "p50_ms", "p99_ms", "gflops_per_s", "peak_
 
 
 SETTLE_S = 0.05
+NAME_WIDTH = 44  # the longest row name, keras_resnet_resnet50_bfloat16_xla_rounded, fits
 
 
 def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S):
@@ -65,14 +66,14 @@ def row(name, seconds, *, batch_size, flops_per_image=None, peak_gflops=None):
     }
 
 
-def add_ratios(rows, reference):
-    """Add `ratio_to` (the row compared with: `reference(name)`) and `ratio` (images/s over
-    that row's; None when it did not run) to each row."""
+def add_ratios(rows, reference, field="ratio"):
+    """Add `{field}_to` (the row compared with: `reference(name)`, None for none) and `field`
+    (images/s over that row's; None when there is none or it did not run) to each row."""
     rates = {r["name"]: r["images_per_s"] for r in rows}
     for r in rows:
-        r["ratio_to"] = reference(r["name"])
-        base = rates.get(r["ratio_to"])
-        r["ratio"] = r["images_per_s"] / base if base else None
+        r[f"{field}_to"] = reference(r["name"])
+        base = rates.get(r[f"{field}_to"])
+        r[field] = r["images_per_s"] / base if base else None
     return rows
 
 
@@ -162,11 +163,11 @@ def _text(value, spec, suffix=""):
 
 def print_table(rows, ratio_label):
     """The rows as a fixed-width table; the `ratio` column headed `ratio_label`."""
-    print(f"{'row':44s} {'images/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {ratio_label:>9s}")
+    print(f"{'row':{NAME_WIDTH}s} {'images/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {ratio_label:>9s}")
     for r in rows:
         peak = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
         print(
-            f"{r['name']:44s} {_text(r['images_per_s'], '.1f'):>9s} {_text(r['p50_ms'], '.1f'):>9s} "
+            f"{r['name']:{NAME_WIDTH}s} {_text(r['images_per_s'], '.1f'):>9s} {_text(r['p50_ms'], '.1f'):>9s} "
             f"{_text(r['p99_ms'], '.1f'):>9s} {_text(r['gflops_per_s'], '.1f'):>8s} {_text(peak, '.1f', '%'):>8s} "
             f"{_text(r.get('ratio'), '.2f', 'x'):>9s}"
         )
@@ -175,7 +176,7 @@ def print_table(rows, ratio_label):
 def print_skipped(skipped):
     """One line per row that did not run, with why."""
     for name, reason in skipped.items():
-        print(f"{name:44s} skipped: {reason}")
+        print(f"{name:{NAME_WIDTH}s} skipped: {reason}")
 
 
 def write_json(path, result):
