@@ -128,8 +128,6 @@ def bare_step(model, optimizer, images, labels, jit_compile):
 def bare_calls(run, wanted):
     """{row: call} and {row: (batch size, dtype, flops per image)} of the bare rows in
     `wanted`; one model (and optimizer) per net and dtype, shared by its XLA and non-XLA steps."""
-    import keras
-
     from keras_resnet import count_flops
     from keras_resnet.training.loop import dtype_policy
 
@@ -139,27 +137,32 @@ def bare_calls(run, wanted):
         batch_size = run["batch_size"] if imagenet else run["cifar_batch_size"]
         for dtype in DTYPES:
             names = {f"{net}_{dtype}": False, f"{net}_{dtype}_xla": True}
-            if not wanted & set(names):
+            names = {name: xla for name, xla in names.items() if name in wanted}
+            if not names:
                 continue
             with dtype_policy(dtype):
                 model = make((size, size, 3))
-            optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
-            images, labels = synthetic_batch(batch_size, size, model.output_shape[-1])
-            for name, xla in names.items():
-                if name in wanted:
-                    calls[name] = bare_step(model, optimizer, images, labels, xla)
-                    work[name] = (batch_size, dtype, 3 * 2 * count_flops(model))
+            calls.update(steps(model, names, batch_size, size))
+            work.update(dict.fromkeys(names, (batch_size, dtype, 3 * 2 * count_flops(model))))
     if ROUNDED_ROW in wanted:
         size = run["image_size"]
         make_resnet50, _ = nets(run["cifar_model"])["keras_resnet_resnet50"]
         with dtype_policy("bfloat16"):
             plain = make_resnet50((size, size, 3))
             model = rounded_after_convs(plain)
-        images, labels = synthetic_batch(run["batch_size"], size, model.output_shape[-1])
-        optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
-        calls[ROUNDED_ROW] = bare_step(model, optimizer, images, labels, jit_compile=True)
+        calls.update(steps(model, {ROUNDED_ROW: True}, run["batch_size"], size))
         work[ROUNDED_ROW] = (run["batch_size"], "bfloat16", 3 * 2 * count_flops(plain))
     return calls, work
+
+
+def steps(model, names, batch_size, size):
+    """{row: bare step of `model`} for each {row: XLA?} in `names`, all on one synthetic batch
+    and one SGD optimizer."""
+    import keras
+
+    optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    images, labels = synthetic_batch(batch_size, size, model.output_shape[-1])
+    return {name: bare_step(model, optimizer, images, labels, xla) for name, xla in names.items()}
 
 
 def rounded_after_convs(model):
