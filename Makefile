@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo test-interop clean
+.PHONY: install test test-slow lint demo test-interop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -m "not slow" tests
+
+# The minutes-long checks (marked slow); CI runs them as its second step.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow tests; rc=$$?; test $$rc -eq 0 -o $$rc -eq 5
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 demo: $(STAMP)
 	$(BIN)/python train/cifar10.py --demo

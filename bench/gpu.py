@@ -57,9 +57,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # noqa: E402  (bench/timing.py, beside this script)
 
 ROWS = (
-    "keras_resnet_train", "keras_resnet_jit_train", "keras_resnet_inference", "keras_resnet_jit_inference",
-    "keras_applications_jit_train", "keras_applications_jit_inference",
-    "torchvision_train", "torchvision_inference",
+    "keras_resnet_train",
+    "keras_resnet_jit_train",
+    "keras_resnet_inference",
+    "keras_resnet_jit_inference",
+    "keras_applications_jit_train",
+    "keras_applications_jit_inference",
+    "torchvision_train",
+    "torchvision_inference",
 )
 KERAS_ROWS = tuple(name for name in ROWS if name.startswith("keras_"))
 JIT_ROWS = tuple(name for name in KERAS_ROWS if "_jit_" in name)
@@ -74,7 +79,9 @@ QUICK = {"batch_size": 2, "image_size": 64, "iterations": 2, "warmup": 1, "matmu
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 256, "Images per step.")
 flags.DEFINE_integer("image_size", 224, "Input height and width.")
-flags.DEFINE_enum("stride_in", "1x1", ["1x1", "3x3"], "keras_resnet's bottleneck stride: 1x1 (the paper) or 3x3 (torchvision's v1.5).")
+flags.DEFINE_enum(
+    "stride_in", "1x1", ["1x1", "3x3"], "keras_resnet's bottleneck stride: 1x1 (the paper) or 3x3 (torchvision's v1.5)."
+)
 flags.DEFINE_list("rows", list(ROWS), f"Rows to run, a comma list from {','.join(ROWS)}.")
 flags.DEFINE_integer("iterations", 30, "Timed steps per row (interleaved rounds).")
 flags.DEFINE_integer("warmup", 5, "Untimed steps per row first (compilation, autotuning).")
@@ -82,13 +89,15 @@ flags.DEFINE_integer("matmul_size", 8192, "Side of the square bfloat16 matmul th
 flags.DEFINE_bool("torch_compile", True, "torch.compile torchvision's model (off: eager).")
 flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
 flags.DEFINE_string(
-    "profile", None,
+    "profile",
+    None,
     "Also trace --profile_steps calls of each row into this directory after the timing, and print each "
     "row's GPU busy time per call and its largest kernels.",
 )
 flags.DEFINE_integer("profile_steps", 3, "Calls of each row traced by --profile.")
 flags.DEFINE_bool(
-    "quick", False,
+    "quick",
+    False,
     "Tiny smoke run that works on a CPU: batch 2, 64x64, 2 steps, 256x256 matmul, torch.compile off; "
     "proves the script works, its figures mean nothing.",
 )
@@ -180,13 +189,17 @@ def jax_jit_calls(model, images, labels, prefix):
         return (trainable, non_trainable, optimizer_state), loss
 
     compiled_step = jax.jit(train_step, donate_argnums=0)
-    state = {"now": (copies(model.trainable_variables), copies(model.non_trainable_variables), copies(optimizer.variables))}
+    state = {
+        "now": (copies(model.trainable_variables), copies(model.non_trainable_variables), copies(optimizer.variables))
+    }
 
     def train():
         state["now"], loss = compiled_step(state["now"], images, labels)
         loss.block_until_ready()
 
-    forward = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x, training=False)[0])
+    forward = jax.jit(
+        lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x, training=False)[0]
+    )
     weights = (copies(model.trainable_variables), copies(model.non_trainable_variables))
     return {
         f"{prefix}_jit_train": train,
@@ -241,7 +254,11 @@ def torch_calls(run, wanted):
             compiled_eval(x)
 
     calls = {"torchvision_train": synchronised(train_step), "torchvision_inference": synchronised(inference_step)}
-    return {name: call for name, call in calls.items() if name in wanted}, torchvision_multiply_adds(run["image_size"]), None
+    return (
+        {name: call for name, call in calls.items() if name in wanted},
+        torchvision_multiply_adds(run["image_size"]),
+        None,
+    )
 
 
 def torchvision_multiply_adds(size):
@@ -282,8 +299,13 @@ def main(argv):
     calls = {name: calls[name] for name in ROWS if name in calls}
     seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"])
     rows = [
-        timing.row(name, seconds[name], batch_size=run["batch_size"], peak_gflops=peak,
-                   flops_per_image=(3 if name.endswith("_train") else 1) * 2 * macs[name])
+        timing.row(
+            name,
+            seconds[name],
+            batch_size=run["batch_size"],
+            peak_gflops=peak,
+            flops_per_image=(3 if name.endswith("_train") else 1) * 2 * macs[name],
+        )
         for name in calls
     ]
     timing.add_ratios(rows, lambda name: REFERENCE.get(name, name))
@@ -347,17 +369,23 @@ def gpu_operations(trace):
     jax.profiler puts them on the "Stream #..." threads of its "/device:GPU:N" process."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
-    thread = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    thread = {
+        (e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
 
     def on_gpu(event):
         if event.get("cat") in TORCH_GPU_CATEGORIES:
             return True
-        return process.get(event["pid"], "").startswith("/device:GPU") and thread.get((event["pid"], event.get("tid")), "").startswith("Stream")
+        return process.get(event["pid"], "").startswith("/device:GPU") and thread.get(
+            (event["pid"], event.get("tid")), ""
+        ).startswith("Stream")
 
     return [(e["name"], float(e["dur"])) for e in events if e.get("ph") == "X" and on_gpu(e)]
 
 
-CONVOLUTION_KERNEL = re.compile(r"conv|gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|nhwc|dgrad|wgrad|fprop", re.IGNORECASE)
+CONVOLUTION_KERNEL = re.compile(
+    r"conv|gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|nhwc|dgrad|wgrad|fprop", re.IGNORECASE
+)
 
 
 def gpu_time_summary(trace, steps, top=8):
@@ -383,7 +411,9 @@ def gpu_time_summary(trace, steps, top=8):
 def print_profiles(rows, profiles):
     """Beside each row's wall time, its GPU busy time and the largest kernels."""
     wall = {r["name"]: r["p50_ms"] for r in rows}
-    print(f"\n{'profile (ms per call)':{timing.NAME_WIDTH}s} {'wall p50':>9s} {'GPU busy':>9s} {'conv+mm':>9s} {'other':>9s} {'GPU ops':>9s}")
+    print(
+        f"\n{'profile (ms per call)':{timing.NAME_WIDTH}s} {'wall p50':>9s} {'GPU busy':>9s} {'conv+mm':>9s} {'other':>9s} {'GPU ops':>9s}"
+    )
     for name, summary in profiles.items():
         if "skipped" in summary:
             print(f"{name:{timing.NAME_WIDTH}s} skipped: {summary['skipped']}")
@@ -410,9 +440,15 @@ def report(run, rows, skipped, peak, profiles):
     timing.print_table(rows, "x torch")
     paired = [r for r in rows if r["x_keras_applications"]]
     if paired:
-        net = "the same net" if FLAGS.stride_in == "1x1" else "keras.applications has the stride on the 1x1, not the 3x3"
-        print("keras_resnet / keras.applications, same jitted step (" + net + "): "
-              + ", ".join(f"{r['name']} {r['x_keras_applications']:.2f}x" for r in paired))
+        net = (
+            "the same net" if FLAGS.stride_in == "1x1" else "keras.applications has the stride on the 1x1, not the 3x3"
+        )
+        print(
+            "keras_resnet / keras.applications, same jitted step ("
+            + net
+            + "): "
+            + ", ".join(f"{r['name']} {r['x_keras_applications']:.2f}x" for r in paired)
+        )
     timing.print_skipped(skipped)
     if profiles:
         print_profiles(rows, profiles)

@@ -47,14 +47,22 @@ ROWS = (
     "onnx_fp16",
 )
 REFERENCE = "keras_applications_tf_function"
-QUICK = {"model": "resnet20", "batch_size": 4, "iterations": 3, "warmup": 1, "matmul_size": 1024, "calibration_images": 8}
+QUICK = {
+    "model": "resnet20",
+    "batch_size": 4,
+    "iterations": 3,
+    "warmup": 1,
+    "matmul_size": 1024,
+    "calibration_images": 8,
+}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "resnet50", "Registered keras_resnet architecture to time (keras_resnet.list_models()).")
 flags.DEFINE_integer("batch_size", 32, "Images per call.")
 flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
 flags.DEFINE_bool(
-    "quick", False,
+    "quick",
+    False,
     "Smoke run: resnet20 unless --model is given, batch 4, 3 iterations, 1024x1024 matmul; "
     "proves the script works, its figures mean nothing.",
 )
@@ -64,7 +72,8 @@ flags.DEFINE_integer("warmup", 3, "Untimed calls per row before timing (tracing,
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square fp32 matmul that measures the machine's peak.")
 flags.DEFINE_integer("calibration_images", 64, "Random images the int8 copy is calibrated on.")
 flags.DEFINE_integer(
-    "saved_model_inter_op_threads", 1,
+    "saved_model_inter_op_threads",
+    1,
     "Threads the SavedModel's session runs independent ops on: TF Serving's "
     "--tensorflow_inter_op_parallelism, which the README advises setting to 1 on small CPUs; "
     "0 is TensorFlow's default (one per core).",
@@ -148,7 +157,9 @@ def saved_model_call(source, directory, images, inter_op_threads):
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
     with graph.as_default():
-        signature = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], exported.path).signature_def[FLOAT_SIGNATURE]
+        signature = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], exported.path).signature_def[
+            FLOAT_SIGNATURE
+        ]
     feed = {signature.inputs[IMAGES].name: images}
     fetch = signature.outputs["probabilities"].name
     return lambda: session.run(fetch, feed)
@@ -163,8 +174,13 @@ def onnx_call(source, directory, images, calibration, name):
 
     precision = name.removeprefix("onnx_")
     result = export_onnx(
-        source, os.path.join(directory, name, "model.onnx"), fp16=precision == "fp16", int8=precision == "int8",
-        calibration_images=calibration, overwrite=True, int8_min_agreement=0.0,
+        source,
+        os.path.join(directory, name, "model.onnx"),
+        fp16=precision == "fp16",
+        int8=precision == "int8",
+        calibration_images=calibration,
+        overwrite=True,
+        int8_min_agreement=0.0,
     )
     session = onnx_session({"fp32": result.path, "fp16": result.fp16_path, "int8": result.int8_path}[precision])
     feed = {session.get_inputs()[0].name: images}
@@ -202,7 +218,9 @@ def main(argv):
         if run[name] < 1:
             raise app.UsageError(f"--{name}={run[name]} must be >= 1")
     if FLAGS.saved_model_inter_op_threads < 0:
-        raise app.UsageError(f"--saved_model_inter_op_threads={FLAGS.saved_model_inter_op_threads} must be >= 0 (0: TensorFlow's default)")
+        raise app.UsageError(
+            f"--saved_model_inter_op_threads={FLAGS.saved_model_inter_op_threads} must be >= 0 (0: TensorFlow's default)"
+        )
     import numpy as np
 
     from keras_resnet import count_flops, get_builder
@@ -212,7 +230,7 @@ def main(argv):
     try:
         builder = get_builder(run["model"])
     except ValueError as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from error
     wanted = set(FLAGS.rows)
     model = trained_batch_norms(builder(weights=None))
     size = model.input_shape[1:3]
@@ -226,10 +244,14 @@ def main(argv):
     if wanted & {REFERENCE, "keras_applications_predict"}:
         peer = peer_model(builder, size)
         calls.update(keras_calls("keras_applications", peer, batch))
-        flops.update(dict.fromkeys(("keras_applications_tf_function", "keras_applications_predict"), 2 * count_flops(peer)))
+        flops.update(
+            dict.fromkeys(("keras_applications_tf_function", "keras_applications_predict"), 2 * count_flops(peer))
+        )
     source = ModelSource(model=model, preprocess_mode="caffe", name=run["model"])
     with tempfile.TemporaryDirectory() as directory:
-        exported, skipped = exported_calls(source, directory, images, calibration, wanted, FLAGS.saved_model_inter_op_threads)
+        exported, skipped = exported_calls(
+            source, directory, images, calibration, wanted, FLAGS.saved_model_inter_op_threads
+        )
         calls.update(exported)
         calls = {name: calls[name] for name in ROWS if name in calls and name in wanted}
         peak = timing.matmul_gflops(run["matmul_size"])
@@ -244,9 +266,11 @@ def main(argv):
 
 def report(run, rows, skipped, peak, own_flops, size):
     """Print the table and write --json."""
-    print(f"{run['model']} at {size[0]}x{size[1]}, batch {run['batch_size']}, {run['iterations']} interleaved calls per row "
-          f"after {run['warmup']} warm-up; {own_flops / 2e9:.3f} GMAC per image; fp32 matmul {run['matmul_size']}^2: "
-          f"{peak:.1f} GFLOP/s{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}")
+    print(
+        f"{run['model']} at {size[0]}x{size[1]}, batch {run['batch_size']}, {run['iterations']} interleaved calls per row "
+        f"after {run['warmup']} warm-up; {own_flops / 2e9:.3f} GMAC per image; fp32 matmul {run['matmul_size']}^2: "
+        f"{peak:.1f} GFLOP/s{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}"
+    )
     timing.print_table(rows, "x keras.app")
     timing.print_skipped(skipped)
     if FLAGS.json:

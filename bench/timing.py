@@ -121,7 +121,9 @@ def gpu_names():
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
@@ -163,7 +165,9 @@ def _text(value, spec, suffix=""):
 
 def print_table(rows, ratio_label):
     """The rows as a fixed-width table; the `ratio` column headed `ratio_label`."""
-    print(f"{'row':{NAME_WIDTH}s} {'images/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {ratio_label:>9s}")
+    print(
+        f"{'row':{NAME_WIDTH}s} {'images/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {ratio_label:>9s}"
+    )
     for r in rows:
         peak = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
         print(

@@ -48,17 +48,26 @@ ROUNDED_ROW = "keras_resnet_resnet50_bfloat16_xla_rounded"
 QUICK = {"batch_size": 2, "cifar_batch_size": 2, "image_size": 32, "iterations": 2, "warmup": 1, "matmul_size": 512}
 # Every code path once (both ResNet-50s, bfloat16 with XLA, the rounded diagnostic, the trainer)
 # without tracing all fifteen training graphs: a smoke run in about a minute of CPU time.
-QUICK_ROWS = ("keras_applications_resnet50_float32", "keras_resnet_resnet50_float32", "keras_resnet_{cifar}_float32",
-              "keras_resnet_{cifar}_bfloat16_xla", ROUNDED_ROW, *TRAINER_ROWS)
+QUICK_ROWS = (
+    "keras_applications_resnet50_float32",
+    "keras_resnet_resnet50_float32",
+    "keras_resnet_{cifar}_float32",
+    "keras_resnet_{cifar}_bfloat16_xla",
+    ROUNDED_ROW,
+    *TRAINER_ROWS,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 32, "Images per step of the ImageNet nets.")
-flags.DEFINE_integer("cifar_batch_size", 128, "Images per step of the CIFAR net and the trainer rows (the paper's 128).")
+flags.DEFINE_integer(
+    "cifar_batch_size", 128, "Images per step of the CIFAR net and the trainer rows (the paper's 128)."
+)
 flags.DEFINE_integer("image_size", 224, "Input size of the ImageNet nets.")
 flags.DEFINE_string("cifar_model", "resnet56", "The CIFAR net of the bare rows and of the trainer rows.")
 flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
 flags.DEFINE_bool(
-    "quick", False,
+    "quick",
+    False,
     "Smoke run: batch 2, 32x32 inputs, 2 iterations, 512x512 matmul and, unless --rows is given, only the rows "
     f"{', '.join(QUICK_ROWS).replace('{cifar}', '<cifar_model>')}; proves the script works, its figures mean nothing.",
 )
@@ -83,9 +92,18 @@ def nets(cifar_model):
     from keras_resnet import get_builder
 
     return {
-        REFERENCE_NET: (lambda shape: keras.applications.ResNet50(weights=None, input_shape=shape, classifier_activation=None), True),
-        "keras_resnet_resnet50": (lambda shape: get_builder("resnet50")(input_shape=shape, classifier_activation=None), True),
-        f"keras_resnet_{cifar_model}": (lambda shape: cifar_builder(cifar_model)(input_shape=shape, classifier_activation=None), False),
+        REFERENCE_NET: (
+            lambda shape: keras.applications.ResNet50(weights=None, input_shape=shape, classifier_activation=None),
+            True,
+        ),
+        "keras_resnet_resnet50": (
+            lambda shape: get_builder("resnet50")(input_shape=shape, classifier_activation=None),
+            True,
+        ),
+        f"keras_resnet_{cifar_model}": (
+            lambda shape: cifar_builder(cifar_model)(input_shape=shape, classifier_activation=None),
+            False,
+        ),
     }
 
 
@@ -199,7 +217,9 @@ def trainer_inputs(batch_size, classes):
 
     images, labels = synthetic_batch(batch_size, 32, classes)
     train_fn = lambda context: tf.data.Dataset.from_tensors((images, labels)).repeat()  # noqa: E731
-    return Inputs(train_fn, None, num_examples=1000 * batch_size, num_classes=classes, image_size=(32, 32), preprocess_mode="tf")
+    return Inputs(
+        train_fn, None, num_examples=1000 * batch_size, num_classes=classes, image_size=(32, 32), preprocess_mode="tf"
+    )
 
 
 def trainer_config(run, model_dir, train_steps):
@@ -207,8 +227,14 @@ def trainer_config(run, model_dir, train_steps):
     from keras_resnet.training import recipe
 
     return recipe(
-        "cifar", model=run["cifar_model"], model_dir=model_dir, batch_size=run["cifar_batch_size"], train_steps=train_steps,
-        log_interval=run["iterations"], checkpoint_interval=train_steps + 1, eval_interval=0,
+        "cifar",
+        model=run["cifar_model"],
+        model_dir=model_dir,
+        batch_size=run["cifar_batch_size"],
+        train_steps=train_steps,
+        log_interval=run["iterations"],
+        checkpoint_interval=train_steps + 1,
+        eval_interval=0,
     )
 
 
@@ -224,7 +250,9 @@ def trainer_step_call(run):
     with strategy.scope():
         model = loop.build_model(config, (32, 32))
         optimizer = loop.make_optimizer(config, config.learning_rate)
-    step = loop.make_train_step(model, optimizer, strategy, global_batch_size=config.batch_size, weight_decay=config.weight_decay)
+    step = loop.make_train_step(
+        model, optimizer, strategy, global_batch_size=config.batch_size, weight_decay=config.weight_decay
+    )
     iterator = iter(strategy.distribute_datasets_from_function(inputs.train_fn))
     stop = tf.constant(0.0)
     return lambda: step(iterator, stop).numpy()
@@ -261,7 +289,7 @@ def cifar_builder(name):
     try:
         builder = get_builder(name)
     except ValueError as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from error
     if builder.spec.stem != "cifar":
         raise app.UsageError(f"--cifar_model={name!r} is an ImageNet net; give a CIFAR one (resnet20 ... resnet1202)")
     return builder
@@ -294,7 +322,9 @@ def main(argv):
     for name in names:
         if name in seconds:
             batch_size, dtype, flops = work[name]
-            rows.append(timing.row(name, seconds[name], batch_size=batch_size, flops_per_image=flops, peak_gflops=peaks[dtype]))
+            rows.append(
+                timing.row(name, seconds[name], batch_size=batch_size, flops_per_image=flops, peak_gflops=peaks[dtype])
+            )
         elif name == "trainer_loop" and name in wanted:
             rows.append(trainer_loop_row(run, trainer_work[2], peaks["float32"]))
     timing.add_ratios(rows, lambda name: reference_row(name, run["cifar_model"]))
@@ -322,8 +352,10 @@ def report(run, rows, peaks):
         f"{peaks['bfloat16']:.1f} GFLOP/s{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}"
     )
     timing.print_table(rows, "ratio")
-    print(f"ratio: ResNet-50 rows over keras_applications_resnet50 at the same dtype and XLA setting; "
-          f"{run['cifar_model']} and trainer rows over keras_resnet_{run['cifar_model']}_float32 (the bare step)")
+    print(
+        f"ratio: ResNet-50 rows over keras_applications_resnet50 at the same dtype and XLA setting; "
+        f"{run['cifar_model']} and trainer rows over keras_resnet_{run['cifar_model']}_float32 (the bare step)"
+    )
     if FLAGS.json:
         result = {
             **timing.header(),

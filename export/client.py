@@ -30,9 +30,13 @@ def main(argv):
     try:
         images = client.read_images(paths)
         if FLAGS.server:
-            predictions = client.predict_grpc(FLAGS.server, FLAGS.model_name, images, version=FLAGS.version, timeout=FLAGS.timeout)
+            predictions = client.predict_grpc(
+                FLAGS.server, FLAGS.model_name, images, version=FLAGS.version, timeout=FLAGS.timeout
+            )
         else:
-            predictions = client.predict_rest(FLAGS.rest_url, FLAGS.model_name, images, version=FLAGS.version, timeout=FLAGS.timeout)
+            predictions = client.predict_rest(
+                FLAGS.rest_url, FLAGS.model_name, images, version=FLAGS.version, timeout=FLAGS.timeout
+            )
     except (ValueError, OSError, grpc.RpcError) as error:
         sys.exit(f"error: {error}")
     print(client.format_predictions(paths, predictions))

@@ -20,9 +20,15 @@ flags.adopt_module_key_flags(cli)
 flags.DEFINE_string("output", None, "The .onnx file to write (fp16/int8 copies go beside it).", required=True)
 flags.DEFINE_integer("opset", 17, "ONNX opset (17 or above, up to what tf2onnx writes).")
 flags.DEFINE_bool("fp16", False, "Also write a float16 copy (float32 inputs and outputs) and report its error.")
-flags.DEFINE_bool("int8", False, "Also write a static int8 QDQ per-channel copy calibrated on --calibration_count training images of --dataset.")
+flags.DEFINE_bool(
+    "int8",
+    False,
+    "Also write a static int8 QDQ per-channel copy calibrated on --calibration_count training images of --dataset.",
+)
 flags.DEFINE_integer("calibration_count", 300, "Training images for int8 calibration.")
-flags.DEFINE_integer("eval_count", 1000, "Test images on which fp16/int8 are compared with float32 (accuracy and top-1 agreement).")
+flags.DEFINE_integer(
+    "eval_count", 1000, "Test images on which fp16/int8 are compared with float32 (accuracy and top-1 agreement)."
+)
 flags.DEFINE_integer("top_k", 5, "How many classes top_k_classes / top_k_scores return.")
 flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 FLAGS = flags.FLAGS

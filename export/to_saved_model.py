@@ -16,12 +16,25 @@ from keras_resnet.export import cli
 
 cli.define_source_flags()
 flags.adopt_module_key_flags(cli)
-flags.DEFINE_string("base_path", None, "TF Serving's model base path: the SavedModel goes to <base_path>/<model_name>/<version>/.", required=True)
+flags.DEFINE_string(
+    "base_path",
+    None,
+    "TF Serving's model base path: the SavedModel goes to <base_path>/<model_name>/<version>/.",
+    required=True,
+)
 flags.DEFINE_string("version", None, "Integer version dir (default: one above the highest existing version, or 1).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing version dir (without it, an existing version is an error).")
 flags.DEFINE_integer("top_k", 5, "How many classes top_k_classes / top_k_scores return.")
-flags.DEFINE_float("crop_fraction", None, "serve_image_bytes: the centre crop's share of the shorter side (default 1.0 for nets of 64 pixels or less, else 0.875: 224 of 256).")
-flags.DEFINE_string("serving_base", "/models", "Where base_path is mounted for TF Serving, used in models.config (default: the container's /models).")
+flags.DEFINE_float(
+    "crop_fraction",
+    None,
+    "serve_image_bytes: the centre crop's share of the shorter side (default 1.0 for nets of 64 pixels or less, else 0.875: 224 of 256).",
+)
+flags.DEFINE_string(
+    "serving_base",
+    "/models",
+    "Where base_path is mounted for TF Serving, used in models.config (default: the container's /models).",
+)
 FLAGS = flags.FLAGS
 
 

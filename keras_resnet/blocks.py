@@ -96,9 +96,7 @@ def imagenet_stem(x, settings):
         kernel_regularizer=settings.kernel_regularizer,
         name="conv1_conv",
     )(x)
-    x = layers.BatchNormalization(
-        momentum=settings.bn_momentum, epsilon=settings.bn_epsilon, name="conv1_bn"
-    )(x)
+    x = layers.BatchNormalization(momentum=settings.bn_momentum, epsilon=settings.bn_epsilon, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
     return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)

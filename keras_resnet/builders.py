@@ -192,7 +192,9 @@ def CifarResNet(n, plain=False, **kwargs):
 
 def list_models():
     """Registered architecture names, as `--model` accepts them."""
-    return sorted(REGISTRY, key=lambda name: (REGISTRY[name].spec.stem, name.rstrip("0123456789"), REGISTRY[name].spec.depth))
+    return sorted(
+        REGISTRY, key=lambda name: (REGISTRY[name].spec.stem, name.rstrip("0123456789"), REGISTRY[name].spec.depth)
+    )
 
 
 def get_builder(name):

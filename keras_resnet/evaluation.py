@@ -53,11 +53,17 @@ def _architecture(path):
     elif path.endswith(".weights.h5") and weights_lib.read_metadata(path) is not None:
         architecture = weights_lib.Architecture.from_json(weights_lib.read_metadata(path)["architecture"])
     else:
-        raise ValueError(f"{path!r} is not a training run dir, a .keras file or a keras_resnet .weights.h5 with metadata")
+        raise ValueError(
+            f"{path!r} is not a training run dir, a .keras file or a keras_resnet .weights.h5 with metadata"
+        )
     if not architecture.include_top:
         raise ValueError(f"{path!r} holds a network without its classifier: nothing to evaluate")
-    kwargs = {"shortcut": architecture.shortcut, "stride_in": architecture.stride_in,
-              "bn_epsilon": architecture.bn_epsilon, "classes": architecture.classes}
+    kwargs = {
+        "shortcut": architecture.shortcut,
+        "stride_in": architecture.stride_in,
+        "bn_epsilon": architecture.bn_epsilon,
+        "classes": architecture.classes,
+    }
     return architecture.name, kwargs
 
 
@@ -75,7 +81,9 @@ def load_classifier(path, preprocess_mode=None, mean=None):
     mode, recorded_mean = weights_lib.preprocessing(path)
     mode, mean = preprocess_mode or mode, mean if mean is not None else recorded_mean
     if mode is None:
-        raise ValueError(f"{path!r} does not record its preprocessing: pass preprocess_mode (caffe, torch, tf, pixel_mean)")
+        raise ValueError(
+            f"{path!r} does not record its preprocessing: pass preprocess_mode (caffe, torch, tf, pixel_mean)"
+        )
     dataset = image_size = None
     if os.path.isdir(path):  # a run evaluates on its own data set, at its own crop size
         config = saved_run.read_config(path)
@@ -104,14 +112,20 @@ def _mean_for(view, mean):
     return mean
 
 
-def view_datasets(classifier, dataset, split, view, *, data_dir=None, batch_size=100, image_size=None, scales=MULTI_SCALES):
+def view_datasets(
+    classifier, dataset, split, view, *, data_dir=None, batch_size=100, image_size=None, scales=MULTI_SCALES
+):
     """The tf.data datasets of one view: one dataset, or one per scale for multiscale."""
     from keras_resnet import data
 
     if view not in VIEWS:
         raise ValueError(f"view={view!r} is not one of {VIEWS}")
-    common = dict(data_dir=data_dir, preprocess_mode=classifier.preprocess_mode, mean=_mean_for(view, classifier.mean),
-                  image_size=image_size or classifier.image_size)
+    common = dict(
+        data_dir=data_dir,
+        preprocess_mode=classifier.preprocess_mode,
+        mean=_mean_for(view, classifier.mean),
+        image_size=image_size or classifier.image_size,
+    )
     if view != "multiscale":
         return [data.make_eval_input_fn(dataset, split, batch_size, view=view, **common)(None)]
     return [data.make_eval_input_fn(dataset, split, 1, view=view, scale=s, **common)(None) for s in scales]

@@ -75,7 +75,7 @@ def freeze(model, up_to="conv4"):
     allowed = stage_names(model)
     if up_to not in allowed:
         raise ValueError(f"up_to={up_to!r} is not a stage of {model.name}; allowed: {allowed}")
-    last = int(up_to[len("conv"):])
+    last = int(up_to[len("conv") :])
     for layer in model.layers:
         stage = _stage(layer.name)
         if stage is not None and stage <= last:

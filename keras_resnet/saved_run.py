@@ -1,10 +1,10 @@
 """The layout of a training run's model dir, shared by the trainer and the exporters.
 
-    <model_dir>/config.json        {"model": registry name, "model_kwargs": {...},
-                                    "preprocessing": {"mode": ..., "mean_file": ...}, ...}
-    <model_dir>/pixel_mean.npy     the training set's mean image, for mode "pixel_mean"
-    <model_dir>/checkpoints/       tf.train.CheckpointManager files: Checkpoint(model=...,
-                                   optimizer=..., step=...)
+<model_dir>/config.json        {"model": registry name, "model_kwargs": {...},
+                                "preprocessing": {"mode": ..., "mean_file": ...}, ...}
+<model_dir>/pixel_mean.npy     the training set's mean image, for mode "pixel_mean"
+<model_dir>/checkpoints/       tf.train.CheckpointManager files: Checkpoint(model=...,
+                               optimizer=..., step=...)
 """
 
 from __future__ import annotations

@@ -45,8 +45,7 @@ class NetSpec:
             raise ValueError(f"stem={self.stem!r} is not one of {STEM_KINDS}")
         if len(self.blocks_per_stage) != len(self.widths):
             raise ValueError(
-                f"blocks_per_stage={self.blocks_per_stage} and widths={self.widths} "
-                "must have one entry per stage"
+                f"blocks_per_stage={self.blocks_per_stage} and widths={self.widths} must have one entry per stage"
             )
         if any(b < 1 for b in self.blocks_per_stage):
             raise ValueError(f"blocks_per_stage={self.blocks_per_stage}: each must be >= 1")
@@ -72,9 +71,7 @@ class NetSpec:
 def imagenet_spec(depth: int) -> NetSpec:
     """The Table 1 network of this depth."""
     if depth not in IMAGENET_DEPTHS:
-        raise ValueError(
-            f"depth={depth!r} is not an ImageNet depth of Table 1; allowed: {sorted(IMAGENET_DEPTHS)}"
-        )
+        raise ValueError(f"depth={depth!r} is not an ImageNet depth of Table 1; allowed: {sorted(IMAGENET_DEPTHS)}")
     block, blocks = IMAGENET_DEPTHS[depth]
     return NetSpec(block, blocks, IMAGENET_WIDTHS, "imagenet")
 

@@ -126,8 +126,13 @@ class Source:
 def published_architecture(depth, include_top):
     """The network a keras.applications ResNet v1 file of this depth holds."""
     return Architecture(
-        specs.imagenet_spec(depth), True, "B", KERAS_APPLICATIONS_STRIDE_IN, KERAS_APPLICATIONS_BN_EPSILON,
-        include_top, 1000 if include_top else None,
+        specs.imagenet_spec(depth),
+        True,
+        "B",
+        KERAS_APPLICATIONS_STRIDE_IN,
+        KERAS_APPLICATIONS_BN_EPSILON,
+        include_top,
+        1000 if include_top else None,
     )
 
 
@@ -179,7 +184,8 @@ def _check_fits(weights, requested, found):
             f"{requested.spec.blocks_per_stage}, widths {requested.spec.widths})"
         )
     differ = [
-        arg for arg in BUILD_ARGS
+        arg
+        for arg in BUILD_ARGS
         if not (arg == "stride_in" and found.spec.block == "basic")
         and not _same(getattr(found, arg), getattr(requested, arg))
     ]
@@ -377,7 +383,7 @@ def _read_keras_applications(path):
 
 
 def _variable_name(weight_name):
-    """"conv1_conv/kernel:0" (Keras 2) or "conv1_conv/kernel" (Keras 3) -> "kernel"."""
+    """ "conv1_conv/kernel:0" (Keras 2) or "conv1_conv/kernel" (Keras 3) -> "kernel"."""
     return weight_name.split("/")[-1].split(":")[0]
 
 
@@ -403,15 +409,18 @@ def _keras_applications_architecture(path, names, arrays):
     names = set(names)
     if "conv1_conv" not in names or "post_bn" in names or "conv2_block1_3_conv" not in names:
         raise ValueError(
-            f"weights={path!r} is not a keras.applications ResNet50/101/152 (v1) weights file; "
-            f"allowed: {PATH_KINDS}"
+            f"weights={path!r} is not a keras.applications ResNet50/101/152 (v1) weights file; allowed: {PATH_KINDS}"
         )
     blocks = _blocks_per_stage(names)
     widths = tuple(arrays[f"conv{s + 2}_block1_1_conv"]["kernel"].shape[-1] for s in range(len(blocks)))
     include_top = "predictions" in names
     return Architecture(
-        specs.NetSpec("bottleneck", blocks, widths, "imagenet"), True, _shortcut_option(names, blocks),
-        KERAS_APPLICATIONS_STRIDE_IN, KERAS_APPLICATIONS_BN_EPSILON, include_top,
+        specs.NetSpec("bottleneck", blocks, widths, "imagenet"),
+        True,
+        _shortcut_option(names, blocks),
+        KERAS_APPLICATIONS_STRIDE_IN,
+        KERAS_APPLICATIONS_BN_EPSILON,
+        include_top,
         int(arrays["predictions"]["kernel"].shape[-1]) if include_top else None,
     )
 
@@ -431,9 +440,7 @@ def _blocks_per_stage(names):
 
 def _shortcut_option(names, blocks):
     """C: a projection on every block; B: on some; A: none (zero-padding shortcuts)."""
-    projections = [
-        f"conv{s + 2}_block{i + 1}_0_conv" in names for s, count in enumerate(blocks) for i in range(count)
-    ]
+    projections = [f"conv{s + 2}_block{i + 1}_0_conv" in names for s, count in enumerate(blocks) for i in range(count)]
     if all(projections):
         return "C"
     return "B" if any(projections) else "A"

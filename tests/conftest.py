@@ -9,7 +9,7 @@ import pytest
 from model_helpers import relative_difference
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _registered(name):
     import keras_resnet
 

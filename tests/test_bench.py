@@ -73,8 +73,18 @@ def runs(tmp_path_factory):
         json_path, log_path = out / f"{name}.json", out / f"{name}.log"
         log = open(log_path, "w")
         process = subprocess.Popen(
-            [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--json", str(json_path), *extra_flags.get(name, [])],
-            env={**base_env, **env}, cwd=str(out), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                os.path.join(BENCH, f"{name}.py"),
+                "--quick",
+                "--json",
+                str(json_path),
+                *extra_flags.get(name, []),
+            ],
+            env={**base_env, **env},
+            cwd=str(out),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         started[name] = (process, json_path, log_path, log)
     yield started

@@ -106,8 +106,17 @@ def test_stride_2_convs_pad_symmetrically_like_caffe():
 
 def test_stem_and_stage_shapes_are_table_1(registered_model):
     model = registered_model("resnet50")
-    shapes = {name: model.get_layer(name).output.shape[1:] for name in
-              ("conv1_relu", "pool1_pool", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out")}
+    shapes = {
+        name: model.get_layer(name).output.shape[1:]
+        for name in (
+            "conv1_relu",
+            "pool1_pool",
+            "conv2_block3_out",
+            "conv3_block4_out",
+            "conv4_block6_out",
+            "conv5_block3_out",
+        )
+    }
     assert shapes == {
         "conv1_relu": (112, 112, 64),
         "pool1_pool": (56, 56, 64),
@@ -136,7 +145,9 @@ def test_every_builder_headless_output_shape(name):
     assert model.output.shape == (None, final, final, spec.widths[-1] * spec.expansion)
 
 
-@pytest.mark.parametrize("builder", [keras_resnet.ResNet18, keras_resnet.ResNet50, keras_resnet.Plain34, keras_resnet.ResNet20])
+@pytest.mark.parametrize(
+    "builder", [keras_resnet.ResNet18, keras_resnet.ResNet50, keras_resnet.Plain34, keras_resnet.ResNet20]
+)
 @pytest.mark.parametrize("include_top, pooling", [(True, None), (False, None), (False, "avg"), (False, "max")])
 def test_heads_and_pooling(builder, include_top, pooling):
     spec = builder.spec
@@ -144,8 +155,12 @@ def test_heads_and_pooling(builder, include_top, pooling):
     model = builder(include_top=include_top, pooling=pooling, input_shape=(size, size, 3), classes=7)
     out = model.predict(np.zeros((2, size, size, 3), "float32"), verbose=0)
     channels = spec.widths[-1] * spec.expansion
-    expected = {(True, None): (2, 7), (False, None): (2, size // spec.downsampling, size // spec.downsampling, channels),
-                (False, "avg"): (2, channels), (False, "max"): (2, channels)}[(include_top, pooling)]
+    expected = {
+        (True, None): (2, 7),
+        (False, None): (2, size // spec.downsampling, size // spec.downsampling, channels),
+        (False, "avg"): (2, channels),
+        (False, "max"): (2, channels),
+    }[(include_top, pooling)]
     assert out.shape == expected
     if include_top:
         np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
@@ -177,7 +192,9 @@ def test_zero_init_residual_makes_blocks_start_as_identity():
     """With the last BN gamma at 0 a block's residual branch is 0, so an identity block
     outputs relu(input) = input (Goyal et al.'s trick, an option beyond the paper)."""
     model = keras_resnet.ResNet20(zero_init_residual=True)
-    probe = keras.Model(model.input, [model.get_layer("conv2_block1_out").output, model.get_layer("conv2_block3_out").output])
+    probe = keras.Model(
+        model.input, [model.get_layer("conv2_block1_out").output, model.get_layer("conv2_block3_out").output]
+    )
     first, third = probe.predict(np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype("float32"), verbose=0)
     np.testing.assert_array_equal(first, third)
     assert float(np.abs(first).max()) > 0
@@ -185,7 +202,9 @@ def test_zero_init_residual_makes_blocks_start_as_identity():
 
 def test_bn_and_kernel_settings_reach_every_layer():
     reg = keras.regularizers.L2(1e-4)
-    model = keras_resnet.ResNet20(bn_momentum=0.97, bn_epsilon=1e-3, kernel_initializer="glorot_uniform", kernel_regularizer=reg)
+    model = keras_resnet.ResNet20(
+        bn_momentum=0.97, bn_epsilon=1e-3, kernel_initializer="glorot_uniform", kernel_regularizer=reg
+    )
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
     assert len(bns) == len(convs) == 19

@@ -18,8 +18,8 @@ try:
 except ImportError:
     torch = torchvision = None
 
-import keras_resnet
-from keras_resnet import convert, weights
+import keras_resnet  # noqa: E402  (after the torch import, see above)
+from keras_resnet import convert, weights  # noqa: E402
 
 needs_torch = pytest.mark.skipif(
     torch is None,

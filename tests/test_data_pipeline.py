@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_writers import encode, example, numbered_examples, ramp, write_shards
 
 import keras_resnet.data as data
-from data_writers import encode, example, numbered_examples, ramp, write_shards
 from keras_resnet.preprocessing import preprocess_input
 
 

@@ -7,8 +7,6 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import keras_resnet.data as data
 from data_writers import (
     encode,
     example,
@@ -18,6 +16,8 @@ from data_writers import (
     write_cifar10_tarball,
     write_shards,
 )
+
+import keras_resnet.data as data
 
 
 def labels_of(input_fn, context=None):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from data_writers import encode, ramp, solid
+
 from keras_resnet.data import views
 
 # AlexNet's ImageNet RGB PCA (Krizhevsky et al. 2012; fb.resnet.torch's transforms.lua).

@@ -65,7 +65,9 @@ def answer_rest(signatures, body_text):
 
 def check_parsed(parsed, outputs):
     assert len(parsed) == len(outputs["top_k_classes"])
-    for ranked, classes, scores, names in zip(parsed, outputs["top_k_classes"], outputs["top_k_scores"], outputs["class_names"]):
+    for ranked, classes, scores, names in zip(
+        parsed, outputs["top_k_classes"], outputs["top_k_scores"], outputs["class_names"]
+    ):
         assert [p.class_id for p in ranked] == classes.tolist()
         np.testing.assert_allclose([p.score for p in ranked], scores, rtol=1e-6)
         assert [p.class_name for p in ranked] == [n.decode() for n in names] == [NAMES[c] for c in classes]
@@ -73,7 +75,11 @@ def check_parsed(parsed, outputs):
 
 def test_grpc_request_is_answered_by_the_bytes_signature_and_parsed(signatures):
     request = client.predict_request("resnet20", [png(1), png(2, (48, 40))], version=3)
-    assert (request.model_spec.name, request.model_spec.signature_name, request.model_spec.version.value) == ("resnet20", "serve_image_bytes", 3)
+    assert (request.model_spec.name, request.model_spec.signature_name, request.model_spec.version.value) == (
+        "resnet20",
+        "serve_image_bytes",
+        3,
+    )
     response_bytes, outputs = answer_grpc(signatures, request.SerializeToString())
     from tensorflow_serving.apis import predict_pb2
 
@@ -84,7 +90,12 @@ def test_rest_body_is_answered_by_the_bytes_signature_and_parsed(signatures):
     images = [png(3), png(4), png(5, (64, 64))]
     answer, outputs = answer_rest(signatures, json.dumps(client.rest_body(images)))
     check_parsed(client.parse_rest_response(json.loads(answer)), outputs)
-    columnar = {"outputs": {k: [[x.decode() if isinstance(x, bytes) else x for x in row] for row in v.tolist()] for k, v in outputs.items()}}
+    columnar = {
+        "outputs": {
+            k: [[x.decode() if isinstance(x, bytes) else x for x in row] for row in v.tolist()]
+            for k, v in outputs.items()
+        }
+    }
     check_parsed(client.parse_rest_response(columnar), outputs)
 
 
@@ -109,10 +120,16 @@ def test_command_line_needs_exactly_one_server(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO}
     process = subprocess.run(
         [sys.executable, "export/client.py", "--model_name", "r20", str(tmp_path / "a.png")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert process.returncode != 0 and "exactly one of --server" in process.stderr
-    helped = subprocess.run([sys.executable, "export/client.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    helped = subprocess.run(
+        [sys.executable, "export/client.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert all(flag in helped.stdout for flag in ("--server", "--rest_url", "--model_name", "--version"))
 
 
@@ -132,4 +149,3 @@ def test_live_tf_serving_answers_the_client():
     ):
         assert len(predictions) == 2 and all(len(ranked) >= 1 for ranked in predictions)
         assert all(0.0 <= p.score <= 1.0 for ranked in predictions for p in ranked)
-

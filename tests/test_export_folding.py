@@ -6,19 +6,21 @@ import contextlib
 import keras
 import numpy as np
 import pytest
+from model_helpers import randomize
 
 import keras_resnet
 from keras_resnet.export import verify
 from keras_resnet.export.folding import PaddedMaxPooling2D, foldable_pairs, input_conv, mergeable_pools, serving_model
 from keras_resnet.export.graph import ServingGraph
 from keras_resnet.export.sources import ModelSource
-from model_helpers import randomize
 
 
 def logits_of(model, x):
     """Logits of a softmax-headed Keras model: its features times the fc layer, in float64."""
     features = np.asarray(keras.Model(model.input, model.layers[-1].input)(x, training=False), dtype="float64")
-    return features @ np.asarray(model.layers[-1].kernel, dtype="float64") + np.asarray(model.layers[-1].bias, dtype="float64")
+    return features @ np.asarray(model.layers[-1].kernel, dtype="float64") + np.asarray(
+        model.layers[-1].bias, dtype="float64"
+    )
 
 
 @contextlib.contextmanager
@@ -74,7 +76,9 @@ def test_a_pad_merges_into_a_pool_only_after_a_relu(relu, rel_diff):
     assert rel_diff(np.asarray(serving_model(model)(x)), np.asarray(model(x))) <= 1e-6
 
 
-@pytest.mark.parametrize("name, mode", [("resnet50", "caffe"), ("resnet18", "torch"), ("resnet20", "tf"), ("resnet20", "pixel_mean")])
+@pytest.mark.parametrize(
+    "name, mode", [("resnet50", "caffe"), ("resnet18", "torch"), ("resnet20", "tf"), ("resnet20", "pixel_mean")]
+)
 def test_serving_graph_with_folded_preprocessing_equals_keras(name, mode, rel_diff):
     model = randomize(keras_resnet.get_builder(name)(), seed=4)
     size = model.input_shape[1:3]

@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from model_helpers import randomize
 
 import keras_resnet
 from keras_resnet.export import onnx as onnx_export
 from keras_resnet.export import sources, verify
 from keras_resnet.preprocessing import preprocess_input
-from model_helpers import randomize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = ["logits", "probabilities", "top_k_classes", "top_k_scores"]
@@ -44,7 +44,9 @@ def exported(request, tmp_path_factory):
     model = random_bn_model(name, seed=5)
     names = tuple(f"class {i}" for i in range(model.output_shape[-1]))
     path = str(tmp_path_factory.mktemp(name) / f"{name}.onnx")
-    result = onnx_export.export_onnx(sources.ModelSource(model, mode, class_names=names, name=name), path, log=lambda _: None)
+    result = onnx_export.export_onnx(
+        sources.ModelSource(model, mode, class_names=names, name=name), path, log=lambda _: None
+    )
     return {"model": model, "mode": mode, "path": path, "result": result, "names": names}
 
 
@@ -71,7 +73,9 @@ def test_the_file_passes_the_checker_with_a_symbolic_batch_axis(exported):
         dim = value.type.tensor_type.shape.dim[0]
         assert dim.dim_param == "batch" and not dim.HasField("dim_value")
     metadata = {p.key: p.value for p in model.metadata_props}
-    assert json.loads(metadata["class_names"]) == list(exported["names"]) and metadata["preprocessing"] == exported["mode"]
+    assert (
+        json.loads(metadata["class_names"]) == list(exported["names"]) and metadata["preprocessing"] == exported["mode"]
+    )
 
 
 def test_the_export_verified_itself(exported):
@@ -90,7 +94,9 @@ def test_fp16_runs_and_reports_its_error(tmp_path):
     images = np.random.default_rng(3).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     logits = session.run(["logits"], {"images": images})[0]
     assert logits.dtype == np.float32
-    error = np.linalg.norm(logits - keras_logits(model, "tf", images)) / np.linalg.norm(keras_logits(model, "tf", images))
+    error = np.linalg.norm(logits - keras_logits(model, "tf", images)) / np.linalg.norm(
+        keras_logits(model, "tf", images)
+    )
     assert 0 < error <= onnx_export.FP16_RTOL
     assert 0 < result.fp16_report["logits"] <= onnx_export.FP16_RTOL
     assert any("fp16 vs Keras" in line for line in lines)
@@ -99,7 +105,9 @@ def test_fp16_runs_and_reports_its_error(tmp_path):
 @pytest.mark.parametrize("opset", [16, 99, "17", None])
 def test_unknown_opset_is_a_clear_error_writing_nothing(opset, tmp_path):
     with pytest.raises(ValueError, match="opset=.* is not supported; allowed: 17"):
-        onnx_export.export_onnx(sources.ModelSource(random_bn_model("resnet20", 0), "tf"), str(tmp_path / "m.onnx"), opset=opset)
+        onnx_export.export_onnx(
+            sources.ModelSource(random_bn_model("resnet20", 0), "tf"), str(tmp_path / "m.onnx"), opset=opset
+        )
     assert os.listdir(tmp_path) == []
 
 
@@ -126,11 +134,22 @@ def test_failed_verification_leaves_no_file(tmp_path, monkeypatch):
 
 def test_command_line_exports_at_the_chosen_opset(tmp_path):
     target = str(tmp_path / "r20.onnx")
-    done = run_cli("export/to_onnx.py", "--model", "resnet20", "--preprocess_mode", "tf", "--output", target, "--opset", "18")
+    done = run_cli(
+        "export/to_onnx.py", "--model", "resnet20", "--preprocess_mode", "tf", "--output", target, "--opset", "18"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert onnx.load(target).opset_import[0].version == 18
     session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
     assert session.run(["probabilities"], {"images": np.zeros((2, 32, 32, 3), "float32")})[0].shape == (2, 10)
     helped = run_cli("export/to_onnx.py", "--help")
-    for flag in ("--model_dir", "--keras_file", "--output", "--opset", "--fp16", "--int8", "--calibration_count", "--dataset"):
+    for flag in (
+        "--model_dir",
+        "--keras_file",
+        "--output",
+        "--opset",
+        "--fp16",
+        "--int8",
+        "--calibration_count",
+        "--dataset",
+    ):
         assert flag in helped.stdout

@@ -27,7 +27,9 @@ def run_dir(tmp_path_factory):
     model = keras_resnet.get_builder("resnet20")()
     optimizer = keras.optimizers.Adam(1e-3)
     model.compile(optimizer, "sparse_categorical_crossentropy")
-    model.fit(preprocess_input(images.astype("float32"), "pixel_mean", mean), labels, batch_size=32, epochs=2, verbose=0)
+    model.fit(
+        preprocess_input(images.astype("float32"), "pixel_mean", mean), labels, batch_size=32, epochs=2, verbose=0
+    )
     path = str(tmp_path_factory.mktemp("run") / "digits_r20")
     config = {
         "model": "resnet20",

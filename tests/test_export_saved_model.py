@@ -32,7 +32,9 @@ def make_run_dir(path, with_checkpoint=True):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)])
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)]
+            )
     mean = rng.uniform(60, 140, (32, 32, 3)).astype("float32")
     config = {
         "model": "resnet20",
@@ -43,7 +45,9 @@ def make_run_dir(path, with_checkpoint=True):
     saved_run.write_config(str(path), config, pixel_mean=mean)
     if with_checkpoint:
         checkpoint = tf.train.Checkpoint(model=model, optimizer=keras.optimizers.SGD(), step=tf.Variable(0))
-        tf.train.CheckpointManager(checkpoint, os.path.join(str(path), saved_run.CHECKPOINT_SUBDIR), max_to_keep=1).save()
+        tf.train.CheckpointManager(
+            checkpoint, os.path.join(str(path), saved_run.CHECKPOINT_SUBDIR), max_to_keep=1
+        ).save()
     return model, mean
 
 
@@ -132,8 +136,19 @@ def served(exported, tmp_path_factory):
     with open(scratch / "calls.pkl", "wb") as f:
         pickle.dump(calls, f)
     process = subprocess.run(
-        [sys.executable, "-c", SERVING_SCRIPT, exported["result"].path, str(scratch / "calls.pkl"), str(scratch / "out.pkl")],
-        capture_output=True, text=True, timeout=600, cwd=str(scratch), env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        [
+            sys.executable,
+            "-c",
+            SERVING_SCRIPT,
+            exported["result"].path,
+            str(scratch / "calls.pkl"),
+            str(scratch / "out.pkl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(scratch),
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert process.returncode == 0, process.stderr[-3000:]
     with open(scratch / "out.pkl", "rb") as f:
@@ -149,7 +164,9 @@ def test_signatures_in_a_fresh_process_give_the_keras_outputs(exported, served, 
         assert rel_diff(out["probabilities"], probabilities) <= 1e-5
         assert rel_diff(out["logits"], logits) <= 1e-5
         best = np.argsort(-probabilities, axis=1)[:, :TOP_K]
-        np.testing.assert_allclose(out["top_k_scores"], np.take_along_axis(probabilities, best, axis=1), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            out["top_k_scores"], np.take_along_axis(probabilities, best, axis=1), rtol=1e-5, atol=1e-7
+        )
         assert (out["class_names"].astype(str) == np.asarray(CLASS_NAMES)[out["top_k_classes"]]).all()
 
 
@@ -168,19 +185,34 @@ def test_a_string_that_is_not_an_image_is_an_error_not_a_crash(served):
 
 def test_saved_model_cli_lists_both_signatures(exported):
     process = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--all", "--dir", exported["result"].path],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        [
+            os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
+            "show",
+            "--all",
+            "--dir",
+            exported["result"].path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert process.returncode == 0, process.stderr[-2000:]
     text = process.stdout
     signatures = {name: block for name, block in (part.split("']", 1) for part in text.split("signature_def['")[1:])}
-    expected_inputs = {"serving_default": ("images", "DT_FLOAT", "(-1, 32, 32, 3)"), "serve_image_bytes": ("image_bytes", "DT_STRING", "(-1)")}
+    expected_inputs = {
+        "serving_default": ("images", "DT_FLOAT", "(-1, 32, 32, 3)"),
+        "serve_image_bytes": ("image_bytes", "DT_STRING", "(-1)"),
+    }
     for name, (input_name, dtype, shape) in expected_inputs.items():
         block = signatures[name]
         assert f"inputs['{input_name}'] tensor_info:\n        dtype: {dtype}\n        shape: {shape}" in block
         for output, out_dtype, out_shape in [
-            ("probabilities", "DT_FLOAT", "(-1, 10)"), ("logits", "DT_FLOAT", "(-1, 10)"), ("top_k_classes", "DT_INT32", "(-1, 5)"),
-            ("top_k_scores", "DT_FLOAT", "(-1, 5)"), ("class_names", "DT_STRING", "(-1, 5)"),
+            ("probabilities", "DT_FLOAT", "(-1, 10)"),
+            ("logits", "DT_FLOAT", "(-1, 10)"),
+            ("top_k_classes", "DT_INT32", "(-1, 5)"),
+            ("top_k_scores", "DT_FLOAT", "(-1, 5)"),
+            ("class_names", "DT_STRING", "(-1, 5)"),
         ]:
             assert f"outputs['{output}'] tensor_info:\n        dtype: {out_dtype}\n        shape: {out_shape}" in block
         assert "Method name is: tensorflow/serving/predict" in block
@@ -231,7 +263,9 @@ def test_failed_verification_leaves_no_version_dir(exported, tmp_path, monkeypat
     monkeypatch.setattr(verify, "verify_saved_model", fail_after_writing)
     base = tmp_path / "models"
     with pytest.raises(verify.VerificationError, match="injected"):
-        saved_model.export_saved_model(sources.from_run_dir(str(exported["root"] / "run")), str(base), log=lambda _: None)
+        saved_model.export_saved_model(
+            sources.from_run_dir(str(exported["root"] / "run")), str(base), log=lambda _: None
+        )
     assert not base.exists()
 
 
@@ -244,7 +278,9 @@ def test_run_dir_without_checkpoint_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("version", ["abc", "1.5", "-2", 0, True])
 def test_version_must_be_a_positive_integer(version, exported, tmp_path):
     with pytest.raises(ValueError, match="version"):
-        saved_model.export_saved_model(sources.ModelSource(exported["model"], "tf"), str(tmp_path / "models"), version=version)
+        saved_model.export_saved_model(
+            sources.ModelSource(exported["model"], "tf"), str(tmp_path / "models"), version=version
+        )
     assert not (tmp_path / "models").exists()
 
 
@@ -257,7 +293,9 @@ def test_base_path_that_is_a_file_is_refused(exported, tmp_path):
 
 
 def test_command_line_rejects_a_non_integer_version_writing_nothing(tmp_path):
-    process = run_cli("export/to_saved_model.py", "--model", "resnet20", "--base_path", str(tmp_path / "m"), "--version", "v2")
+    process = run_cli(
+        "export/to_saved_model.py", "--model", "resnet20", "--base_path", str(tmp_path / "m"), "--version", "v2"
+    )
     assert process.returncode != 0 and "version='v2' is not an integer" in process.stderr
     assert not (tmp_path / "m").exists()
 
@@ -270,25 +308,54 @@ def test_command_line_replaces_a_version_only_with_overwrite(exported, tmp_path)
     versions = sorted(os.listdir(os.path.join(exported["base"], "resnet20")))
     fingerprint = open(os.path.join(version_dir, "fingerprint.pb"), "rb").read()
     replaced = run_cli(
-        "export/to_saved_model.py", "--keras_file", keras_file, "--model_name", "resnet20", "--preprocess_mode", "tf",
-        "--base_path", exported["base"], "--version", "1", "--overwrite", "--top_k", "3",
+        "export/to_saved_model.py",
+        "--keras_file",
+        keras_file,
+        "--model_name",
+        "resnet20",
+        "--preprocess_mode",
+        "tf",
+        "--base_path",
+        exported["base"],
+        "--version",
+        "1",
+        "--overwrite",
+        "--top_k",
+        "3",
     )
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert open(os.path.join(version_dir, "fingerprint.pb"), "rb").read() != fingerprint
     signature = tf.saved_model.load(version_dir).signatures["serving_default"]
     assert signature(images=tf.zeros([2, 32, 32, 3]))["top_k_classes"].shape == (2, 3)
-    assert "docker run" in replaced.stdout and sorted(os.listdir(os.path.join(exported["base"], "resnet20"))) == versions
+    assert (
+        "docker run" in replaced.stdout and sorted(os.listdir(os.path.join(exported["base"], "resnet20"))) == versions
+    )
 
 
 def test_help_explains_every_flag():
     process = run_cli("export/to_saved_model.py", "--help")
-    for flag in ("--model_dir", "--keras_file", "--model", "--weights", "--base_path", "--version", "--overwrite", "--labels", "--crop_fraction"):
+    for flag in (
+        "--model_dir",
+        "--keras_file",
+        "--model",
+        "--weights",
+        "--base_path",
+        "--version",
+        "--overwrite",
+        "--labels",
+        "--crop_fraction",
+    ):
         assert flag in process.stdout
 
 
 @pytest.mark.parametrize(
     "height, width, size, fraction, expected",
-    [(480, 640, 224, 0.875, (256, 341)), (640, 480, 224, 0.875, (341, 256)), (32, 32, 32, 1.0, (32, 32)), (40, 50, 32, 1.0, (32, 40))],
+    [
+        (480, 640, 224, 0.875, (256, 341)),
+        (640, 480, 224, 0.875, (341, 256)),
+        (32, 32, 32, 1.0, (32, 32)),
+        (40, 50, 32, 1.0, (32, 40)),
+    ],
 )
 def test_bytes_path_resizes_the_shorter_side_for_its_centre_crop(height, width, size, fraction, expected):
     from keras_resnet.export.graph import resized_shape

@@ -32,7 +32,9 @@ def cifar_model():
 
 def test_stage_names():
     assert finetune.stage_names(keras_resnet.ResNet20()) == ("conv1", "conv2", "conv3", "conv4")
-    assert finetune.stage_names(keras_resnet.ResNet18(input_shape=(32, 32, 3))) == tuple(f"conv{i}" for i in range(1, 6))
+    assert finetune.stage_names(keras_resnet.ResNet18(input_shape=(32, 32, 3))) == tuple(
+        f"conv{i}" for i in range(1, 6)
+    )
 
 
 def test_freeze_keeps_frozen_stages_bit_identical(cifar_model):

@@ -30,7 +30,9 @@ def test_v1_5_counts_match_torchvision(depth):
 
 
 def test_plain_34_costs_what_resnet_34_a_costs():
-    assert keras_resnet.count_flops(keras_resnet.Plain34()) == keras_resnet.count_flops(keras_resnet.ResNet34(shortcut="A"))
+    assert keras_resnet.count_flops(keras_resnet.Plain34()) == keras_resnet.count_flops(
+        keras_resnet.ResNet34(shortcut="A")
+    )
 
 
 def test_count_at_another_input_size_scales_with_area():

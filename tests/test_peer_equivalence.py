@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from model_helpers import randomize
 
 import keras_resnet
-from model_helpers import randomize
 
 
 def copy_folding_biases(peer, ours):

@@ -16,8 +16,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(script, *args, **env):
-    return subprocess.run([sys.executable, os.path.join("train", script), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **env})
+    return subprocess.run(
+        [sys.executable, os.path.join("train", script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+    )
 
 
 def test_help_explains_every_flag():
@@ -25,7 +31,9 @@ def test_help_explains_every_flag():
     for field in dataclasses.fields(TrainConfig):
         assert f"--{field.name}:" in done.stdout or f"--[no]{field.name}:" in done.stdout, field.name
     assert "--[no]demo:" in done.stdout
-    help_text = "Global mini-batch size, split across all replicas (128 for\n    CIFAR-10, 256 for ImageNet in the paper)."
+    help_text = (
+        "Global mini-batch size, split across all replicas (128 for\n    CIFAR-10, 256 for ImageNet in the paper)."
+    )
     assert help_text + "\n    (default: '128')" in done.stdout
 
 
@@ -34,7 +42,12 @@ def test_imagenet_flags_default_to_section_3_4():
     cli.define_flags(recipe("imagenet"), values)
     values(["train"])
     assert cli.config_from_flags(values) == recipe("imagenet")
-    assert (values.batch_size, values.lr_schedule, values.train_steps, values.model) == (256, "plateau", 600_000, "resnet50")
+    assert (values.batch_size, values.lr_schedule, values.train_steps, values.model) == (
+        256,
+        "plateau",
+        600_000,
+        "resnet50",
+    )
 
 
 def test_evaluate_help():
@@ -45,19 +58,48 @@ def test_evaluate_help():
 def test_flags_become_the_config():
     values = flags.FlagValues()
     cli.define_flags(recipe("imagenet"), values)
-    values(["train", "--model=resnet101", "--strategy=mirrored", "--dtype=bfloat16", "--lr_schedule=steps",
-            "--lr_boundary_epochs=30,60,90", "--train_epochs=90", "--jit_compile", "--seed=7", "--init_weights=imagenet",
-            "--classes=37", "--freeze=conv4", "--freeze_bn"])
+    values(
+        [
+            "train",
+            "--model=resnet101",
+            "--strategy=mirrored",
+            "--dtype=bfloat16",
+            "--lr_schedule=steps",
+            "--lr_boundary_epochs=30,60,90",
+            "--train_epochs=90",
+            "--jit_compile",
+            "--seed=7",
+            "--init_weights=imagenet",
+            "--classes=37",
+            "--freeze=conv4",
+            "--freeze_bn",
+        ]
+    )
     config = cli.config_from_flags(values)
-    assert config == recipe("imagenet", model="resnet101", strategy="mirrored", dtype="bfloat16", lr_schedule="steps",
-                            lr_boundary_epochs=(30.0, 60.0, 90.0), train_epochs=90.0, jit_compile=True, seed=7,
-                            init_weights="imagenet", classes=37, freeze="conv4", freeze_bn=True)
+    assert config == recipe(
+        "imagenet",
+        model="resnet101",
+        strategy="mirrored",
+        dtype="bfloat16",
+        lr_schedule="steps",
+        lr_boundary_epochs=(30.0, 60.0, 90.0),
+        train_epochs=90.0,
+        jit_compile=True,
+        seed=7,
+        init_weights="imagenet",
+        classes=37,
+        freeze="conv4",
+        freeze_bn=True,
+    )
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--strategy=gpus"], "flag --strategy=gpus: value should be one of <default|one_device|mirrored|multi_worker|tpu>"),
+        (
+            ["--strategy=gpus"],
+            "flag --strategy=gpus: value should be one of <default|one_device|mirrored|multi_worker|tpu>",
+        ),
         (["--model=resnet21"], "error: model='resnet21' is not registered; allowed: "),
     ],
 )

@@ -120,11 +120,12 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     script = root / "reference.py"
     script.write_text(REFERENCE)
-    done = subprocess.run([sys.executable, str(script), str(root)], env=_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(root)], env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    return root, json.loads(line[len("RESULT "):])
+    return root, json.loads(line[len("RESULT ") :])
 
 
 def test_mirrored_over_two_devices_equals_default(reference):
@@ -138,7 +139,8 @@ def test_mirrored_over_two_devices_equals_default(reference):
 def test_batch_not_divisible_by_replicas_is_refused_before_training(reference):
     root, result = reference
     assert result["odd_batch_error"].startswith(
-        "batch_size=33 is not divisible by the 2 replicas of this strategy; use a multiple of 2")
+        "batch_size=33 is not divisible by the 2 replicas of this strategy; use a multiple of 2"
+    )
     assert not (root / "odd_batch").exists()
 
 
@@ -150,8 +152,15 @@ def test_multi_worker_with_two_processes_equals_default(reference):
     processes = []
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        processes.append(subprocess.Popen([sys.executable, str(script), str(root)], env=_env(TF_CONFIG=tf_config),
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(root)],
+                env=_env(TF_CONFIG=tf_config),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     try:
         outputs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
     finally:

@@ -27,8 +27,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def digits_config(model_dir, **overrides):
-    settings = dict(model="resnet20", dataset="digits", model_dir=str(model_dir), batch_size=64, seed=0,
-                    log_interval=50, eval_interval=0, checkpoint_interval=50)
+    settings = dict(
+        model="resnet20",
+        dataset="digits",
+        model_dir=str(model_dir),
+        batch_size=64,
+        seed=0,
+        log_interval=50,
+        eval_interval=0,
+        checkpoint_interval=50,
+    )
     return recipe("cifar", **{**settings, **overrides})
 
 
@@ -65,7 +73,8 @@ def test_run_dir_holds_checkpoints_metrics_summaries_and_curves(learned):
     directory = learned.model_dir
     assert tf.train.latest_checkpoint(os.path.join(directory, "checkpoints")).endswith("ckpt-200")
     assert sorted(os.listdir(os.path.join(directory, "checkpoints"))) == sorted(
-        ["checkpoint"] + [f"ckpt-{s}.{ext}" for s in (50, 100, 150, 200) for ext in ("index", "data-00000-of-00001")])
+        ["checkpoint"] + [f"ckpt-{s}.{ext}" for s in (50, 100, 150, 200) for ext in ("index", "data-00000-of-00001")]
+    )
     records = reporting.read_metrics(directory)
     train = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train] == [50, 100, 150, 200]
@@ -101,12 +110,16 @@ def test_centre_view_reproduces_the_runs_own_eval(learned):
 
 def test_multiscale_averages_the_image_and_its_mirror(learned, digit_folders):
     classifier = evaluation.load_classifier(learned.model_dir)
-    metrics = evaluation.evaluate(classifier, "imagenet", "validation", "multiscale", data_dir=str(digit_folders), scales=(32,))
+    metrics = evaluation.evaluate(
+        classifier, "imagenet", "validation", "multiscale", data_dir=str(digit_folders), scales=(32,)
+    )
     mean = classifier.mean.mean(axis=(0, 1))  # sizes vary across scales: the per-channel mean
     wrong, count = 0, 0
     for label in (0, 1):
         folder = digit_folders / "validation" / str(label)
-        images = np.stack([np.asarray(Image.open(folder / name), dtype="float32") for name in sorted(os.listdir(folder))])
+        images = np.stack(
+            [np.asarray(Image.open(folder / name), dtype="float32") for name in sorted(os.listdir(folder))]
+        )
         x = preprocess_input(images, "pixel_mean", mean)
         scores = (classifier.model.predict(x, verbose=0) + classifier.model.predict(x[:, :, ::-1], verbose=0)) / 2
         wrong += int(np.sum(scores.argmax(axis=1) != label))
@@ -118,15 +131,26 @@ def test_multiscale_averages_the_image_and_its_mirror(learned, digit_folders):
 
 
 def test_evaluate_cli_prints_the_table(learned):
-    done = subprocess.run([sys.executable, "train/evaluate.py", f"--model_dir={learned.model_dir}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run(
+        [sys.executable, "train/evaluate.py", f"--model_dir={learned.model_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     reported = [r for r in reporting.read_metrics(learned.model_dir) if r["split"] == "eval"][-1]
     header, row = done.stdout.strip().splitlines()[-2:]
     assert header.split() == ["model", "testing", "top-1", "err.", "top-5", "err.", "images"]
-    assert row.split() == ["resnet20", "centre", "crop", f"{100 * reported['top1_error']:.2f}",
-                           f"{100 * reported['top5_error']:.2f}", "360"]
+    assert row.split() == [
+        "resnet20",
+        "centre",
+        "crop",
+        f"{100 * reported['top1_error']:.2f}",
+        f"{100 * reported['top5_error']:.2f}",
+        "360",
+    ]
 
 
 def test_weight_decay_reaches_exactly_the_conv_and_fc_kernels():
@@ -137,7 +161,9 @@ def test_weight_decay_reaches_exactly_the_conv_and_fc_kernels():
     bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     excluded = {id(v) for layer in bn for v in (layer.gamma, layer.beta)} | {id(model.get_layer("predictions").bias)}
     assert not excluded & {id(v) for v in decayed}
-    assert {id(v) for v in loop.decayed_variables(model, all_weights=True)} == {id(v) for v in model.trainable_variables}
+    assert {id(v) for v in loop.decayed_variables(model, all_weights=True)} == {
+        id(v) for v in model.trainable_variables
+    }
 
     # The coupled L2 term adds exactly weight_decay * w to a kernel's gradient, nothing elsewhere.
     rng = np.random.default_rng(0)
@@ -146,27 +172,43 @@ def test_weight_decay_reaches_exactly_the_conv_and_fc_kernels():
 
     def gradients(weight_decay):
         with tf.GradientTape() as tape:
-            loss, _ = loop.replica_loss(model, images, labels, global_batch_size=8, weight_decay=weight_decay, decayed=decayed)
+            loss, _ = loop.replica_loss(
+                model, images, labels, global_batch_size=8, weight_decay=weight_decay, decayed=decayed
+            )
         return tape.gradient(loss, model.trainable_variables)
 
     plain, decayed_grads = gradients(0.0), gradients(1e-4)
     kernel_ids = {id(v) for v in kernels}
     for variable, g0, g1 in zip(model.trainable_variables, plain, decayed_grads):
         expected = 1e-4 * variable.numpy() if id(variable) in kernel_ids else 0.0
-        np.testing.assert_allclose(g1.numpy() - g0.numpy(), expected, atol=1e-6 * float(tf.reduce_max(tf.abs(g0))) + 1e-12)
+        np.testing.assert_allclose(
+            g1.numpy() - g0.numpy(), expected, atol=1e-6 * float(tf.reduce_max(tf.abs(g0))) + 1e-12
+        )
 
 
 def test_sync_bn_reaches_every_batch_norm_layer():
     model = loop.build_model(recipe("cifar", model="resnet20", sync_bn=True, classes=10), (32, 32))
     bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(bn) == 19 and all(layer.synchronized for layer in bn)  # one per conv (section 3.4)
-    assert not any(layer.synchronized for layer in loop.build_model(recipe("cifar", classes=10), (32, 32)).layers
-                   if isinstance(layer, keras.layers.BatchNormalization))
+    assert not any(
+        layer.synchronized
+        for layer in loop.build_model(recipe("cifar", classes=10), (32, 32)).layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
 
 
 def test_bfloat16_trains_and_keeps_float32_variables(tmp_path):
-    result = loop.train(digits_config(tmp_path / "bf16", dtype="bfloat16", batch_size=32, train_steps=20, log_interval=5,
-                                      lr_boundaries=(), checkpoint_interval=20))
+    result = loop.train(
+        digits_config(
+            tmp_path / "bf16",
+            dtype="bfloat16",
+            batch_size=32,
+            train_steps=20,
+            log_interval=5,
+            lr_boundaries=(),
+            checkpoint_interval=20,
+        )
+    )
     losses = [r["loss"] for r in reporting.read_metrics(result.model_dir) if r["split"] == "train"]
     assert losses[-1] < losses[0], losses
     assert result.model.get_layer("conv2_block1_1_conv").compute_dtype == "bfloat16"
@@ -180,15 +222,24 @@ def _weights(model):
 
 
 def _stage(path):
-    return int(path.split("_")[0][len("conv"):]) if path.startswith("conv") else None
+    return int(path.split("_")[0][len("conv") :]) if path.startswith("conv") else None
 
 
 def test_fine_tuning_with_freeze_trains_only_the_later_stages_and_the_new_head(learned, tmp_path):
     """--init_weights RUN_DIR --classes 10 --freeze conv3."""
     source_dir = learned.model_dir
     before = _weights(saved_run.restore_model(source_dir)[0])
-    result = loop.train(digits_config(tmp_path / "tuned", init_weights=source_dir, classes=10, freeze="conv3",
-                                      batch_size=32, train_steps=3, learning_rate=0.01))
+    result = loop.train(
+        digits_config(
+            tmp_path / "tuned",
+            init_weights=source_dir,
+            classes=10,
+            freeze="conv3",
+            batch_size=32,
+            train_steps=3,
+            learning_rate=0.01,
+        )
+    )
     after = _weights(saved_run.restore_model(result.model_dir)[0])
     assert set(after) == set(before)
     frozen = [p for p in before if _stage(p) is not None and _stage(p) <= 3]
@@ -206,8 +257,17 @@ def test_fine_tuning_with_freeze_bn_keeps_every_batch_norm_fixed(learned, tmp_pa
     """--init_weights RUN_DIR --classes 10 --freeze_bn."""
     source_dir = learned.model_dir
     before = _weights(saved_run.restore_model(source_dir)[0])
-    result = loop.train(digits_config(tmp_path / "tuned_bn", init_weights=source_dir, classes=10, freeze_bn=True,
-                                      batch_size=32, train_steps=3, learning_rate=0.01))
+    result = loop.train(
+        digits_config(
+            tmp_path / "tuned_bn",
+            init_weights=source_dir,
+            classes=10,
+            freeze_bn=True,
+            batch_size=32,
+            train_steps=3,
+            learning_rate=0.01,
+        )
+    )
     model = saved_run.restore_model(result.model_dir)[0]
     after = _weights(model)
     bn = [v.path for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) for v in layer.weights]
@@ -239,7 +299,10 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"strategy": "gpus"}, r"strategy='gpus' is not one of \('default', 'one_device', 'mirrored', 'multi_worker', 'tpu'\)"),
+        (
+            {"strategy": "gpus"},
+            r"strategy='gpus' is not one of \('default', 'one_device', 'mirrored', 'multi_worker', 'tpu'\)",
+        ),
         ({"model": "resnet21"}, r"model='resnet21' is not registered; allowed: .*resnet20"),
         ({"dtype": "float64"}, r"dtype='float64' is not one of \('float32', 'bfloat16', 'float16'\)"),
         ({"lr_schedule": "exponential"}, r"lr_schedule='exponential' is not one of"),

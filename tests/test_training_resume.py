@@ -42,8 +42,9 @@ def _env():
 
 
 def _start(args):
-    return subprocess.Popen([sys.executable, *args], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, *args], env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_until(condition, process, what):
@@ -102,9 +103,19 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_weights(tmp_path):
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     model_dir = tmp_path / "preempted"
-    process = _start([os.path.join("train", "cifar10.py"), "--dataset=digits", "--model=resnet20", f"--model_dir={model_dir}",
-                      "--batch_size=16", "--train_steps=1000", "--log_interval=1", "--checkpoint_interval=500",
-                      "--eval_interval=0"])
+    process = _start(
+        [
+            os.path.join("train", "cifar10.py"),
+            "--dataset=digits",
+            "--model=resnet20",
+            f"--model_dir={model_dir}",
+            "--batch_size=16",
+            "--train_steps=1000",
+            "--log_interval=1",
+            "--checkpoint_interval=500",
+            "--eval_interval=0",
+        ]
+    )
     try:
         _wait_until(lambda: any(r["step"] >= 2 for r in reporting.read_metrics(str(model_dir))), process, "step 2")
         process.send_signal(signal.SIGTERM)

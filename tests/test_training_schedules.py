@@ -72,7 +72,12 @@ def test_warmup_state_is_checkpointed(tmp_path):
 def test_imagenet_recipe_is_section_3_4_with_plateau_division():
     config = config_lib.recipe("imagenet", plateau_patience=3)
     assert (config.model, config.batch_size, config.learning_rate, config.momentum, config.weight_decay) == (
-        "resnet50", 256, 0.1, 0.9, 1e-4)
+        "resnet50",
+        256,
+        0.1,
+        0.9,
+        1e-4,
+    )
     assert config.train_steps == 600_000  # "up to 60 x 10^4 iterations"
     _, lr = schedule_of(config, IMAGENET_TRAIN)
     assert lr(0) == 0.1

@@ -8,17 +8,16 @@ file name and address stay the published ones.
 
 import dataclasses
 import hashlib
-import os
 
 import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_helpers import randomize
 
 import keras_resnet
 from keras_resnet import builders, saved_run, specs, weights
-from model_helpers import randomize
 
 SIZE = 32  # keras.applications' smallest input; the weights do not depend on it
 
@@ -151,7 +150,9 @@ def test_failed_download_says_what_to_place_where(keras_home, monkeypatch, tmp_p
 
 
 def test_resnet152_file_by_path(tmp_path, rel_diff):
-    reference = randomize(keras.applications.ResNet152(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)), 152)
+    reference = randomize(
+        keras.applications.ResNet152(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)), 152
+    )
     path = str(tmp_path / weights.IMAGENET_FILES[(152, False)].fname)
     write_published_h5(reference, path)
     model = keras_resnet.ResNet152(weights=path, include_top=False, input_shape=(SIZE, SIZE, 3))
@@ -165,8 +166,14 @@ def test_resnet101_file_is_ported_and_checked(tmp_path):
     path = str(tmp_path / weights.IMAGENET_FILES[(101, True)].fname)
     write_published_h5(reference, path)
     source = weights.resolve(
-        path, specs.imagenet_spec(101), residual=True, shortcut="B", stride_in="1x1",
-        bn_epsilon=1.001e-5, include_top=True, classes=1000,
+        path,
+        specs.imagenet_spec(101),
+        residual=True,
+        shortcut="B",
+        stride_in="1x1",
+        bn_epsilon=1.001e-5,
+        include_top=True,
+        classes=1000,
     )
     assert source.architecture == weights.published_architecture(101, include_top=True)
     conv, bn = reference.get_layer("conv4_block23_3_conv"), reference.get_layer("conv4_block23_3_bn")

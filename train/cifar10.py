@@ -17,7 +17,8 @@ from keras_resnet.training.config import recipe
 cli.define_flags(recipe("cifar"))
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_bool(
-    "demo", False,
+    "demo",
+    False,
     "Train ResNet-20 on the bundled digits data (offline, CPU, a few minutes), evaluate, print the test error, "
     "then export it to a TF Serving SavedModel and to ONNX (fp32, int8), each verified; writes runs/demo/.",
 )

@@ -29,7 +29,7 @@ CIFAR_FILES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_all():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -91,7 +91,7 @@ def _cifar_members(kind, path, names):
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cifar_python_arrays(name, data_dir, split):
     """CIFAR-10/100 from `cifar-10-python.tar.gz` or its extracted batches, no download.
 

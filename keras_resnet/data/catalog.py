@@ -39,7 +39,7 @@ def canonical_name(name):
     """'imagenet' for imagenet/imagenet2012, the TFDS name for 'tfds:<name>', else name."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r}: expected 'digits', 'cifar10', 'cifar100', 'imagenet' or a TFDS name")
-    name = name[len(TFDS_PREFIX):] if name.startswith(TFDS_PREFIX) else name
+    name = name[len(TFDS_PREFIX) :] if name.startswith(TFDS_PREFIX) else name
     return IMAGENET if name in (IMAGENET, "imagenet2012") else name
 
 

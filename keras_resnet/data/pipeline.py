@@ -98,10 +98,14 @@ def _small_dataset(cfg, input_context, loaded):
         return dataset.map(lambda image, label: (prepare(image), label), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.shuffle(cfg["shuffle_buffer"] or len(labels), seed=cfg["seed"], reshuffle_each_iteration=True)
     seed = _pipeline_seed(cfg["seed"], input_context)
-    return dataset.repeat().enumerate().map(
-        lambda index, example: (views.pad_crop_flip(prepare(example[0]), _element_seed(seed, index)), example[1]),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=cfg["deterministic"],
+    return (
+        dataset.repeat()
+        .enumerate()
+        .map(
+            lambda index, example: (views.pad_crop_flip(prepare(example[0]), _element_seed(seed, index)), example[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=cfg["deterministic"],
+        )
     )
 
 

@@ -12,16 +12,64 @@ from keras_resnet.preprocessing import MODES
 
 def define_source_flags(flag_values=flags.FLAGS):
     """--model_dir | --keras_file | --model (+ --weights), and what serving must know beside."""
-    flags.DEFINE_string("model_dir", None, "A training run dir (config.json + checkpoints/): its newest checkpoint, preprocessing and class names are exported.", flag_values=flag_values)
-    flags.DEFINE_string("keras_file", None, "A model saved with model.save('x.keras'); give --preprocess_mode (and --mean_file) too.", flag_values=flag_values)
-    flags.DEFINE_string("model", None, "A registered architecture (e.g. resnet50, resnet20); weights from --weights, else untrained.", flag_values=flag_values)
-    flags.DEFINE_string("weights", None, "With --model: a .weights.h5 file from model.save_weights.", flag_values=flag_values)
-    flags.DEFINE_enum("preprocess_mode", "caffe", MODES, "With --keras_file or --model: the preprocessing the weights expect (the run dir's own is used with --model_dir).", flag_values=flag_values)
-    flags.DEFINE_string("mean_file", None, "With preprocess_mode=pixel_mean: a .npy mean image (HxWx3) or 3 channel means.", flag_values=flag_values)
-    flags.DEFINE_string("labels", None, "A text file naming the classes, one per line, in output order (adds the class_names output).", flag_values=flag_values)
-    flags.DEFINE_string("model_name", None, "The served name (default: the registry name, or the .keras file's name).", flag_values=flag_values)
-    flags.DEFINE_string("dataset", None, "The data set the model was trained on, for int8 calibration (a run dir names its own): digits, cifar10, imagenet, ...", flag_values=flag_values)
-    flags.DEFINE_string("data_dir", None, "Where that data set lives (see keras_resnet.data); a run dir names its own.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "A training run dir (config.json + checkpoints/): its newest checkpoint, preprocessing and class names are exported.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "keras_file",
+        None,
+        "A model saved with model.save('x.keras'); give --preprocess_mode (and --mean_file) too.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "model",
+        None,
+        "A registered architecture (e.g. resnet50, resnet20); weights from --weights, else untrained.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "weights", None, "With --model: a .weights.h5 file from model.save_weights.", flag_values=flag_values
+    )
+    flags.DEFINE_enum(
+        "preprocess_mode",
+        "caffe",
+        MODES,
+        "With --keras_file or --model: the preprocessing the weights expect (the run dir's own is used with --model_dir).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "mean_file",
+        None,
+        "With preprocess_mode=pixel_mean: a .npy mean image (HxWx3) or 3 channel means.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "labels",
+        None,
+        "A text file naming the classes, one per line, in output order (adds the class_names output).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "model_name",
+        None,
+        "The served name (default: the registry name, or the .keras file's name).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "dataset",
+        None,
+        "The data set the model was trained on, for int8 calibration (a run dir names its own): digits, cifar10, imagenet, ...",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Where that data set lives (see keras_resnet.data); a run dir names its own.",
+        flag_values=flag_values,
+    )
 
 
 def source_from_flags(flag_values=flags.FLAGS):
@@ -31,7 +79,9 @@ def source_from_flags(flag_values=flags.FLAGS):
     f = flag_values
     given = [name for name in ("model_dir", "keras_file", "model") if getattr(f, name)]
     if len(given) != 1:
-        raise ValueError(f"give exactly one of --model_dir, --keras_file, --model (got {', '.join('--' + g for g in given) or 'none'})")
+        raise ValueError(
+            f"give exactly one of --model_dir, --keras_file, --model (got {', '.join('--' + g for g in given) or 'none'})"
+        )
     if f.weights and not f.model:
         raise ValueError("--weights goes with --model")
     names = sources.read_labels(f.labels) if f.labels else None
@@ -41,7 +91,12 @@ def source_from_flags(flag_values=flags.FLAGS):
         return dataclasses.replace(source, **overrides)
     mean = sources.load_mean(f.mean_file) if f.mean_file else None
     common = dict(
-        preprocess_mode=f.preprocess_mode, mean=mean, class_names=names, name=f.model_name, dataset=f.dataset, data_dir=f.data_dir
+        preprocess_mode=f.preprocess_mode,
+        mean=mean,
+        class_names=names,
+        name=f.model_name,
+        dataset=f.dataset,
+        data_dir=f.data_dir,
     )
     if f.keras_file:
         return sources.from_keras_file(f.keras_file, **common)

@@ -73,7 +73,10 @@ def parse_predict_response(response):
 
 def rest_body(images, *, signature=BYTES_SIGNATURE):
     """The REST predict body: row format, one {"b64": ...} instance per image."""
-    return {"signature_name": signature, "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+    return {
+        "signature_name": signature,
+        "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images],
+    }
 
 
 def rest_url(base_url, model_name, version=None):
@@ -101,12 +104,16 @@ def parse_rest_response(body):
 def predict_rest(base_url, model_name, images, *, version=None, timeout=30.0):
     """POST the images to TF Serving's REST API; the top-k Predictions per image."""
     data = json.dumps(rest_body(images)).encode()
-    request = urllib.request.Request(rest_url(base_url, model_name, version), data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        rest_url(base_url, model_name, version), data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return parse_rest_response(json.loads(answer.read()))
     except urllib.error.HTTPError as error:
-        raise ValueError(f"TF Serving answered HTTP {error.code}: {error.read().decode(errors='replace')[:500]}") from error
+        raise ValueError(
+            f"TF Serving answered HTTP {error.code}: {error.read().decode(errors='replace')[:500]}"
+        ) from error
 
 
 def predict_grpc(target, model_name, images, *, version=None, timeout=30.0):

@@ -60,7 +60,12 @@ def input_conv(model):
     if len(readers) != 1:
         return None
     conv = readers[0]
-    if type(conv) is not layers.Conv2D or conv.data_format != "channels_last" or conv.groups != 1 or len(conv._inbound_nodes) != 1:
+    if (
+        type(conv) is not layers.Conv2D
+        or conv.data_format != "channels_last"
+        or conv.groups != 1
+        or len(conv._inbound_nodes) != 1
+    ):
         return None
     return conv.name
 
@@ -77,7 +82,11 @@ def mergeable_pools(model):
     feeds only a valid max pool: the pool can pad by itself with the same result."""
     pairs = {}
     for pad in model.layers:
-        if not isinstance(pad, layers.ZeroPadding2D) or pad.data_format != "channels_last" or len(pad._inbound_nodes) != 1:
+        if (
+            not isinstance(pad, layers.ZeroPadding2D)
+            or pad.data_format != "channels_last"
+            or len(pad._inbound_nodes) != 1
+        ):
             continue
         readers = _consumers(pad)
         if len(readers) != 1 or not _is_relu(_producer(pad)):

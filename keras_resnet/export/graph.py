@@ -71,7 +71,9 @@ def frozen_inference(model, image_size):
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     spec = tf.TensorSpec([None, *image_size, 3], tf.float32)
-    frozen = convert_variables_to_constants_v2(tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
+    frozen = convert_variables_to_constants_v2(
+        tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    )
     return lambda x: frozen(tf.convert_to_tensor(x, tf.float32))[0]
 
 

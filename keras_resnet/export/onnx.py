@@ -211,7 +211,11 @@ def bounds(int8_min_agreement=INT8_MIN_AGREEMENT):
     """The looser bound each reduced-precision copy must meet against the Keras model."""
     return {
         "fp16": ("logits", lambda value: value <= FP16_RTOL, f"relative logits difference <= {FP16_RTOL:g}"),
-        "int8": ("top1_agreement", lambda value: value >= int8_min_agreement, f"top-1 agreement >= {int8_min_agreement:g}"),
+        "int8": (
+            "top1_agreement",
+            lambda value: value >= int8_min_agreement,
+            f"top-1 agreement >= {int8_min_agreement:g}",
+        ),
     }
 
 
@@ -306,7 +310,9 @@ def export_onnx(
     label = f"ONNX opset {opset} verified in onnxruntime (relative difference <= {rtol:g})"
     result = {"path": output_path, "differences": _publish(_writer(model_proto), output_path, check, log, label)}
     images, where = _comparison_images(graph, calibration_images, eval_images)
-    variant = functools.partial(_export_variant, output_path=output_path, graph=graph, images=images, where=where, log=log)
+    variant = functools.partial(
+        _export_variant, output_path=output_path, graph=graph, images=images, where=where, log=log
+    )
     variant_bounds = bounds(int8_min_agreement)
     if fp16:
         label = "ONNX fp16 (float16 inside, float32 inputs and outputs)"
@@ -318,7 +324,10 @@ def export_onnx(
         label = f"ONNX int8 (static QDQ, per-channel, {len(calibration_images)} calibration images)"
         result["int8_path"], result["int8_report"] = variant("int8", write, label=label, bound=variant_bounds["int8"])
     if eval_images is not None and eval_labels is not None:
-        paths = {"fp32": output_path, **{tag: result[f"{tag}_path"] for tag in ("fp16", "int8") if f"{tag}_path" in result}}
+        paths = {
+            "fp32": output_path,
+            **{tag: result[f"{tag}_path"] for tag in ("fp16", "int8") if f"{tag}_path" in result},
+        }
         result["accuracy"] = accuracy_report(paths, eval_images, np.asarray(eval_labels), graph)
         log(f"  test accuracy: {_describe(result['accuracy'])}")
     return OnnxExport(**result)

@@ -62,7 +62,9 @@ def export_run(
         overwrite=True,
         log=log,
     )
-    log(f"Artifacts of {model_dir}:\n  SavedModel {exported_saved_model.path}\n  models.config {exported_saved_model.models_config}")
+    log(
+        f"Artifacts of {model_dir}:\n  SavedModel {exported_saved_model.path}\n  models.config {exported_saved_model.models_config}"
+    )
     for path in (exported_onnx.path, exported_onnx.fp16_path, exported_onnx.int8_path):
         if path:
             log(f"  ONNX {path}")

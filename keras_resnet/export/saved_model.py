@@ -50,7 +50,9 @@ def check_target(base_path, model_name, version, overwrite):
     existing = tf_serving.integer_versions(model_base)
     version = (max(existing, default=0) + 1) if version is None else parse_version(version)
     if version in existing and not overwrite:
-        raise ValueError(f"{os.path.join(model_base, str(version))!r} exists: pass overwrite=True (--overwrite) to replace it")
+        raise ValueError(
+            f"{os.path.join(model_base, str(version))!r} exists: pass overwrite=True (--overwrite) to replace it"
+        )
     return model_base, version
 
 

@@ -64,7 +64,9 @@ def _check(source):
         )
     classes = source.model.output_shape[-1]
     if len(source.model.output_shape) != 2:
-        raise ValueError(f"model output shape {source.model.output_shape!r} is not (batch, classes): export needs include_top=True")
+        raise ValueError(
+            f"model output shape {source.model.output_shape!r} is not (batch, classes): export needs include_top=True"
+        )
     if source.class_names is not None and len(source.class_names) != classes:
         raise ValueError(f"{len(source.class_names)} class names given for a model with {classes} classes")
     return source
@@ -100,12 +102,29 @@ def from_keras_file(path, *, preprocess_mode, mean=None, class_names=None, name=
         raise ValueError(f"keras_file {path!r} is not an existing .keras file")
     model = keras.saving.load_model(path, compile=False)
     return _check(
-        ModelSource(model, preprocess_mode, mean, class_names, name or os.path.basename(path)[: -len(".keras")], dataset, data_dir)
+        ModelSource(
+            model,
+            preprocess_mode,
+            mean,
+            class_names,
+            name or os.path.basename(path)[: -len(".keras")],
+            dataset,
+            data_dir,
+        )
     )
 
 
 def from_builder(
-    model_name, *, weights=None, preprocess_mode, mean=None, class_names=None, name=None, dataset=None, data_dir=None, **kwargs
+    model_name,
+    *,
+    weights=None,
+    preprocess_mode,
+    mean=None,
+    class_names=None,
+    name=None,
+    dataset=None,
+    data_dir=None,
+    **kwargs,
 ):
     """A registered architecture (e.g. "resnet50"), with weights from a `.weights.h5` file."""
     from keras_resnet.builders import get_builder

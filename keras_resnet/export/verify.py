@@ -50,7 +50,9 @@ def keras_reference(source, images, batch_size=32):
     bias = np.asarray(last.bias, dtype="float64") if last.use_bias else 0.0
     logits = []
     for start in range(0, len(images), batch_size):
-        x = preprocess_input(np.asarray(images[start : start + batch_size], dtype="float32"), source.preprocess_mode, source.mean)
+        x = preprocess_input(
+            np.asarray(images[start : start + batch_size], dtype="float32"), source.preprocess_mode, source.mean
+        )
         features = np.asarray(features_model(x, training=False), dtype="float64")
         logits.append(features @ kernel + bias)
     logits = np.concatenate(logits)
@@ -173,7 +175,13 @@ def verify_saved_model(path, graph, *, rtol=FLOAT32_RTOL, batch_sizes=BATCH_SIZE
         cases.append((f"{FLOAT_SIGNATURE}@{batch_size}", images, (FLOAT_SIGNATURE, {IMAGES: images})))
         whole = random_images(batch_size, uncropped, seed + 100 + index)
         encoded = np.array([encode_png(image) for image in whole], dtype=object)
-        cases.append((f"{BYTES_SIGNATURE}@{batch_size}", centre_crop(whole, graph.image_size), (BYTES_SIGNATURE, {IMAGE_BYTES: encoded})))
+        cases.append(
+            (
+                f"{BYTES_SIGNATURE}@{batch_size}",
+                centre_crop(whole, graph.image_size),
+                (BYTES_SIGNATURE, {IMAGE_BYTES: encoded}),
+            )
+        )
     results = run_signatures(path, [call for _, _, call in cases])
     report = {}
     for (label, images, _), outputs in zip(cases, results):

@@ -49,7 +49,9 @@ def config_from_flags(flag_values=flags.FLAGS):
             try:
                 value = tuple(convert(v) for v in value)
             except ValueError:
-                raise ValueError(f"--{field.name}={','.join(value)}: expected comma-separated {convert.__name__}s") from None
+                raise ValueError(
+                    f"--{field.name}={','.join(value)}: expected comma-separated {convert.__name__}s"
+                ) from None
         values[field.name] = value
     return TrainConfig(**values)
 

@@ -31,27 +31,24 @@ class TrainConfig:
 
     # What to train on what.
     model: str = _field(
-        "resnet20",
-        "Registered architecture, e.g. resnet20, resnet110, plain56, resnet50 (keras_resnet.list_models())."
+        "resnet20", "Registered architecture, e.g. resnet20, resnet110, plain56, resnet50 (keras_resnet.list_models())."
     )
     dataset: str = _field(
-        "cifar10",
-        "Data set: digits (bundled, offline), cifar10, imagenet, or another name keras_resnet.data knows."
+        "cifar10", "Data set: digits (bundled, offline), cifar10, imagenet, or another name keras_resnet.data knows."
     )
     data_dir: str | None = _field(
         None,
-        "Where the data set lives (TFRecords, TFDS dir, image folders, CIFAR tarball); None: the data layer's"
-        " default."
+        "Where the data set lives (TFRecords, TFDS dir, image folders, CIFAR tarball); None: the data layer's default.",
     )
     model_dir: str = _field(
         "runs/resnet20",
         "Run directory: config.json, checkpoints/, metrics.jsonl, TensorBoard logs, curves.png. Training "
-        "resumes from its latest checkpoint."
+        "resumes from its latest checkpoint.",
     )
     shortcut: str | None = _field(
         None,
         "Shortcut option of section 3.3 (A, B or C); None: the paper's choice (A for CIFAR nets, B for "
-        "ImageNet nets). Plain nets have none."
+        "ImageNet nets). Plain nets have none.",
     )
     stride_in: str | None = _field(
         None,
@@ -61,40 +58,34 @@ class TrainConfig:
     )
     classes: int | None = _field(
         None,
-        "Classes of the head; None: the data set's class count. With --init_weights a new head of this size "
-        "is made."
+        "Classes of the head; None: the data set's class count. With --init_weights a new head of this size is made.",
     )
     sync_bn: bool = _field(
         False,
-        "Batch statistics over the global batch (synchronised across replicas) instead of per replica as in "
-        "the paper."
+        "Batch statistics over the global batch (synchronised across replicas) instead of per replica as in the paper.",
     )
     # The optimisation recipe (section 4.2 CIFAR-10, section 3.4 ImageNet).
     batch_size: int = _field(
-        128,
-        "Global mini-batch size, split across all replicas (128 for CIFAR-10, 256 for ImageNet in the paper)."
+        128, "Global mini-batch size, split across all replicas (128 for CIFAR-10, 256 for ImageNet in the paper)."
     )
     train_steps: int = _field(64000, "Training iterations (64k for CIFAR-10, 60e4 for ImageNet in the paper).")
     train_epochs: float | None = _field(
-        None,
-        "If set, train this many epochs of the training split instead of --train_steps."
+        None, "If set, train this many epochs of the training split instead of --train_steps."
     )
     learning_rate: float = _field(0.1, "Initial learning rate (0.1 in the paper), before --lr_scaling.")
     momentum: float = _field(0.9, "SGD momentum.")
     weight_decay: float = _field(
         1e-4,
         "L2 weight decay added to the loss (coupled, as in the paper's Caffe solver): weight_decay * sum(w^2)"
-        " / 2 over conv and fc kernels."
+        " / 2 over conv and fc kernels.",
     )
     decay_all_weights: bool = _field(
         False,
         "Also decay BN gamma/beta and biases (the paper's solver decays only what --weight_decay names by "
-        "default here: kernels)."
+        "default here: kernels).",
     )
     label_smoothing: float = _field(
-        0.0,
-        "Label smoothing of the cross-entropy targets (not in the paper; 0.1 is common for long ImageNet "
-        "runs)."
+        0.0, "Label smoothing of the cross-entropy targets (not in the paper; 0.1 is common for long ImageNet runs)."
     )
     lr_schedule: str = _field(
         "steps",
@@ -104,39 +95,37 @@ class TrainConfig:
     )
     lr_boundaries: tuple[int, ...] = _field(
         (32000, 48000),
-        "Iterations at which the steps schedule divides the learning rate by 10 (32k, 48k for CIFAR-10)."
+        "Iterations at which the steps schedule divides the learning rate by 10 (32k, 48k for CIFAR-10).",
     )
     lr_boundary_epochs: tuple[float, ...] = _field(
         (),
         "Boundaries in epochs instead of iterations (30,60,90, the common ImageNet step schedule, is the "
-        "ImageNet default); give these or --lr_boundaries."
+        "ImageNet default); give these or --lr_boundaries.",
     )
     lr_decay: float = _field(0.1, "Factor applied at each boundary or plateau.")
     lr_scaling: str = _field(
-        "none", "linear: learning_rate * batch_size / base_batch_size (Goyal et al. 2017), for large batches.", LR_SCALINGS
+        "none",
+        "linear: learning_rate * batch_size / base_batch_size (Goyal et al. 2017), for large batches.",
+        LR_SCALINGS,
     )
     base_batch_size: int = _field(128, "Batch size at which --learning_rate is meant, for --lr_scaling=linear.")
     warmup_epochs: float = _field(
-        0.0,
-        "Gradual warm-up: the learning rate rises linearly from 0 over this many epochs (large batches)."
+        0.0, "Gradual warm-up: the learning rate rises linearly from 0 over this many epochs (large batches)."
     )
     error_warmup: bool | None = _field(
         None,
         "ResNet-110's warm-up: --error_warmup_lr until the running training error is below "
-        "--error_warmup_threshold, then the schedule. Default: on for CIFAR nets with n >= 18."
+        "--error_warmup_threshold, then the schedule. Default: on for CIFAR nets with n >= 18.",
     )
     error_warmup_lr: float = _field(0.01, "Learning rate during the error warm-up (0.01 in section 4.2).")
     error_warmup_threshold: float = _field(
-        0.8,
-        "Running training error below which the error warm-up ends (80 % in section 4.2)."
+        0.8, "Running training error below which the error warm-up ends (80 % in section 4.2)."
     )
     plateau_patience: int = _field(
-        5,
-        "plateau schedule: evaluations without an improvement of the eval top-1 error before dividing."
+        5, "plateau schedule: evaluations without an improvement of the eval top-1 error before dividing."
     )
     plateau_min_delta: float = _field(
-        0.001,
-        "plateau schedule: smallest drop of the eval top-1 error that counts as an improvement."
+        0.001, "plateau schedule: smallest drop of the eval top-1 error that counts as an improvement."
     )
     # How to run.
     strategy: str = _field(
@@ -147,7 +136,9 @@ class TrainConfig:
     )
     tpu: str | None = _field(None, "TPU name or grpc:// address for --strategy=tpu ('' or 'local' for a TPU VM).")
     dtype: str = _field(
-        "float32", "Compute dtype: float32, bfloat16 (mixed, variables float32), float16 (mixed, with loss scaling).", DTYPES
+        "float32",
+        "Compute dtype: float32, bfloat16 (mixed, variables float32), float16 (mixed, with loss scaling).",
+        DTYPES,
     )
     jit_compile: bool = _field(
         False,
@@ -155,8 +146,7 @@ class TrainConfig:
         "ResNets 2-3x slower than without (BENCHMARKS.md, table 2).",
     )
     seed: int | None = _field(
-        None,
-        "Seed for initialisation and data order; with --deterministic, runs repeat bit for bit."
+        None, "Seed for initialisation and data order; with --deterministic, runs repeat bit for bit."
     )
     deterministic: bool = _field(False, "Deterministic ops and data order (slower), for exact reruns and resumes.")
     # Data.
@@ -167,46 +157,40 @@ class TrainConfig:
         (None,) + PREPROCESS_MODES,
     )
     image_size: int | None = _field(
-        None,
-        "Training and eval crop size; None: the data set's (32 for CIFAR-10 and digits, 224 for ImageNet)."
+        None, "Training and eval crop size; None: the data set's (32 for CIFAR-10 and digits, 224 for ImageNet)."
     )
     val_split: bool = _field(
         False,
         "Hold out part of the training split (5k of CIFAR-10's 50k, section 4.2) and evaluate on it instead "
-        "of the test split."
+        "of the test split.",
     )
     shuffle_buffer: int | None = _field(None, "Shuffle buffer size; None: the data layer's default.")
     cache: bool | None = _field(None, "Cache the decoded data set in memory; None: the data layer's default.")
     # Checkpoints and reporting.
     checkpoint_interval: int = _field(
-        1000,
-        "Save a checkpoint every this many iterations (and at the end, and on SIGTERM)."
+        1000, "Save a checkpoint every this many iterations (and at the end, and on SIGTERM)."
     )
     keep_checkpoints: int = _field(5, "How many recent checkpoints to keep.")
     checkpoint_iterator: bool | None = _field(
         None,
         "Save the input pipeline's position (and shuffle buffer) with each checkpoint, so a resume sees the "
         "same data; only the default strategy can. None: for in-memory data sets (digits, CIFAR) only, as a "
-        "streamed set's buffer is large."
+        "streamed set's buffer is large.",
     )
     eval_interval: int | None = _field(
-        None,
-        "Evaluate every this many iterations; None: once per epoch; 0: only at the end."
+        None, "Evaluate every this many iterations; None: once per epoch; 0: only at the end."
     )
     log_interval: int = _field(100, "Write a log line and summaries every this many iterations.")
     # Fine-tuning (issue 6).
     init_weights: str | None = _field(
         None,
-        "Start from these weights: imagenet, a .weights.h5/.keras file, or a training run dir (its latest "
-        "checkpoint)."
+        "Start from these weights: imagenet, a .weights.h5/.keras file, or a training run dir (its latest checkpoint).",
     )
     freeze: str | None = _field(
-        None,
-        "Freeze the backbone up to and including this stage (conv1, conv2, conv3, conv4, conv5)."
+        None, "Freeze the backbone up to and including this stage (conv1, conv2, conv3, conv4, conv5)."
     )
     freeze_bn: bool = _field(
-        False,
-        "Keep BN statistics and affine parameters fixed (as the paper does when fine-tuning for detection)."
+        False, "Keep BN statistics and affine parameters fixed (as the paper does when fine-tuning for detection)."
     )
 
 
@@ -234,7 +218,7 @@ def recipe(family, **overrides):
 
 
 def model_family(model):
-    """"cifar" or "imagenet": the stem of a registered architecture."""
+    """ "cifar" or "imagenet": the stem of a registered architecture."""
     from keras_resnet.builders import get_builder
 
     return get_builder(model).spec.stem

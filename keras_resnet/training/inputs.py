@@ -59,14 +59,23 @@ def make_inputs(config):
     if mode == "pixel_mean" and mean is None:
         mean = data.pixel_mean(config.dataset, config.data_dir, val_split=config.val_split)
     common = dict(
-        data_dir=config.data_dir, preprocess_mode=mode, mean=mean, seed=config.seed, deterministic=config.deterministic,
-        shuffle_buffer=config.shuffle_buffer, cache=config.cache, val_split=config.val_split, image_size=config.image_size,
+        data_dir=config.data_dir,
+        preprocess_mode=mode,
+        mean=mean,
+        seed=config.seed,
+        deterministic=config.deterministic,
+        shuffle_buffer=config.shuffle_buffer,
+        cache=config.cache,
+        val_split=config.val_split,
+        image_size=config.image_size,
     )
     train_fn = data.make_input_fn(config.dataset, "train", config.batch_size, training=True, **common)
     eval_fn = data.make_input_fn(config.dataset, eval_split(config, info), config.batch_size, training=False, **common)
     names = tuple(info.class_names) if info.class_names is not None else None
     size = config.image_size or info.image_size
-    return Inputs(train_fn, eval_fn, info.num_examples["train"], info.num_classes, (size, size), names, mode, mean, info.small)
+    return Inputs(
+        train_fn, eval_fn, info.num_examples["train"], info.num_classes, (size, size), names, mode, mean, info.small
+    )
 
 
 def describe_source(config):

@@ -114,7 +114,9 @@ def wrong_counts(labels, logits):
     return tf.reduce_sum(1.0 - tf.cast(top1, tf.float32)), tf.reduce_sum(1.0 - tf.cast(top5, tf.float32))
 
 
-def replica_loss(model, images, labels, *, global_batch_size, weight_decay, decayed, label_smoothing=0.0, num_replicas=1):
+def replica_loss(
+    model, images, labels, *, global_batch_size, weight_decay, decayed, label_smoothing=0.0, num_replicas=1
+):
     """(loss to differentiate, per-replica sums) for one replica's share of the batch.
 
     The cross-entropy is averaged over the GLOBAL batch and each replica adds 1/num_replicas
@@ -131,8 +133,17 @@ def replica_loss(model, images, labels, *, global_batch_size, weight_decay, deca
     return loss, [tf.reduce_sum(per_example), penalty, top1, top5, count]
 
 
-def make_train_step(model, optimizer, strategy, *, global_batch_size, weight_decay, decay_all_weights=False,
-                    label_smoothing=0.0, jit_compile=False):
+def make_train_step(
+    model,
+    optimizer,
+    strategy,
+    *,
+    global_batch_size,
+    weight_decay,
+    decay_all_weights=False,
+    label_smoothing=0.0,
+    jit_compile=False,
+):
     """A tf.function running one iteration on every replica: (iterator, stop) -> summed
     counts TRAIN_SUMS. `stop` (this process's SIGTERM flag) is summed too, so all workers
     learn of a preemption at the same iteration."""
@@ -142,8 +153,14 @@ def make_train_step(model, optimizer, strategy, *, global_batch_size, weight_dec
     def gradients(images, labels):
         with tf.GradientTape() as tape:
             loss, sums = replica_loss(
-                model, images, labels, global_batch_size=global_batch_size, weight_decay=weight_decay,
-                decayed=decayed, label_smoothing=label_smoothing, num_replicas=strategy.num_replicas_in_sync,
+                model,
+                images,
+                labels,
+                global_batch_size=global_batch_size,
+                weight_decay=weight_decay,
+                decayed=decayed,
+                label_smoothing=label_smoothing,
+                num_replicas=strategy.num_replicas_in_sync,
             )
             scaled = optimizer.scale_loss(loss)
         return tape.gradient(scaled, variables), sums
@@ -310,7 +327,9 @@ class _Run:
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.directory = os.path.join(config.model_dir, saved_run.CHECKPOINT_SUBDIR)
         self.save_directory = strategy_lib.checkpoint_dir(self.directory, strategy)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.save_directory, max_to_keep=config.keep_checkpoints)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.save_directory, max_to_keep=config.keep_checkpoints
+        )
 
     def restore(self):
         """Resume from the newest checkpoint in model_dir, if any; returns its path or None."""
@@ -327,8 +346,11 @@ class _Run:
 
     def write_config(self):
         if self.chief:
-            saved_run.write_config(self.config.model_dir, _run_config(self.config, self.info, self.inputs, self.custom_model),
-                                   pixel_mean=self.inputs.pixel_mean)
+            saved_run.write_config(
+                self.config.model_dir,
+                _run_config(self.config, self.info, self.inputs, self.custom_model),
+                pixel_mean=self.inputs.pixel_mean,
+            )
 
     def cleanup(self):
         if self.save_directory != self.directory:
@@ -423,16 +445,28 @@ def train(config, inputs=None, model_fn=None):
     run.write_config()
     config = run.config
     start = int(run.step.numpy())
-    reporter = Reporter(config.model_dir, total_steps=config.train_steps, start_step=start, batch_size=config.batch_size,
-                        log_interval=config.log_interval, enabled=run.chief)
+    reporter = Reporter(
+        config.model_dir,
+        total_steps=config.train_steps,
+        start_step=start,
+        batch_size=config.batch_size,
+        log_interval=config.log_interval,
+        enabled=run.chief,
+    )
     reporter.print(
         f"{_start_description(resumed, config)}: {config.model} on {config.dataset}, "
         f"steps {start}..{config.train_steps}, batch {config.batch_size} over {strategy.num_replicas_in_sync} replica(s) "
         f"({config.strategy}), dtype {config.dtype}, model_dir {config.model_dir}"
     )
     train_step = make_train_step(
-        run.model, run.optimizer, strategy, global_batch_size=config.batch_size, weight_decay=config.weight_decay,
-        decay_all_weights=config.decay_all_weights, label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
+        run.model,
+        run.optimizer,
+        strategy,
+        global_batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        decay_all_weights=config.decay_all_weights,
+        label_smoothing=config.label_smoothing,
+        jit_compile=config.jit_compile,
     )
     eval_step = make_eval_step(run.model, strategy)
     with sigterm_requests() as sigterm:

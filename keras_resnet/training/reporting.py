@@ -116,8 +116,12 @@ class Reporter:
         self._write(record)
         eta = (self.total_steps - step) * self.batch_size / record["images_per_sec"]
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{record['loss']:.3f}", err=f"{100 * record['top1_error']:.1f}%",
-                                  lr=f"{lr:.3g}", img_s=f"{record['images_per_sec']:.0f}")
+            self._bar.set_postfix(
+                loss=f"{record['loss']:.3f}",
+                err=f"{100 * record['top1_error']:.1f}%",
+                lr=f"{lr:.3g}",
+                img_s=f"{record['images_per_sec']:.0f}",
+            )
         else:
             self.print(
                 f"step {step}/{self.total_steps}  loss {record['loss']:.4f}  top-1 err {100 * record['top1_error']:.2f}%  "
@@ -147,7 +151,9 @@ class Reporter:
         """Flush summaries and draw curves.png; returns its path (None if not drawn)."""
         if self._bar is not None:
             self._bar.close()
-        self.print(f"{self.total_steps - self.start_step} steps in {format_duration(time.perf_counter() - self._run_start)}")
+        self.print(
+            f"{self.total_steps - self.start_step} steps in {format_duration(time.perf_counter() - self._run_start)}"
+        )
         if not self.enabled:
             return None
         for writer in self._writers.values():

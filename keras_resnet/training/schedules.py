@@ -88,8 +88,19 @@ class LearningRate(tf.Module):
     """The run's learning rate at each iteration: one of LR_SCHEDULES, with optional
     gradual warm-up and ResNet-110's error warm-up. Trackable: its state is checkpointed."""
 
-    def __init__(self, schedule, base_lr, *, total_steps, boundaries=(), factor=0.1, warmup_steps=0,
-                 error_warmup=None, error_warmup_lr=0.01, plateau=None):
+    def __init__(
+        self,
+        schedule,
+        base_lr,
+        *,
+        total_steps,
+        boundaries=(),
+        factor=0.1,
+        warmup_steps=0,
+        error_warmup=None,
+        error_warmup_lr=0.01,
+        plateau=None,
+    ):
         super().__init__(name="learning_rate")
         self.schedule = schedule
         self.base_lr = base_lr

@@ -18,15 +18,22 @@ def parse_tf_config(text):
     its start-up or hangs waiting for peers: check it first.
     """
     if not text:
-        raise ValueError(f"strategy='multi_worker' reads TF_CONFIG, which is not set; e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'")
+        raise ValueError(
+            f"strategy='multi_worker' reads TF_CONFIG, which is not set; e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'"
+        )
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"TF_CONFIG is not JSON ({error}): {text!r}; e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'") from None
     cluster = spec.get("cluster") if isinstance(spec, dict) else None
     task = spec.get("task") if isinstance(spec, dict) else None
-    if not isinstance(cluster, dict) or not cluster or not all(
-        isinstance(hosts, list) and hosts and all(isinstance(h, str) and ":" in h for h in hosts) for hosts in cluster.values()
+    if (
+        not isinstance(cluster, dict)
+        or not cluster
+        or not all(
+            isinstance(hosts, list) and hosts and all(isinstance(h, str) and ":" in h for h in hosts)
+            for hosts in cluster.values()
+        )
     ):
         raise ValueError(f"TF_CONFIG 'cluster' must map job names to lists of 'host:port': got {cluster!r}")
     if not isinstance(task, dict) or task.get("type") not in cluster:
