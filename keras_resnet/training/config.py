@@ -145,6 +145,17 @@ class TrainConfig:
         "Compile the forward and backward pass with XLA: for GPUs and TPUs; on a CPU XLA trained "
         "ResNets 2-3x slower than without (BENCHMARKS.md, table 2).",
     )
+    steps_per_loop: int = _field(
+        100,
+        "Iterations per call into the graph (a while loop on the device; the learning rate is computed there). "
+        "Logs, evaluations, checkpoints and the SIGTERM check happen between loops; a loop also ends at their "
+        "intervals and is shortened to about a second of work, so preemption is still answered within seconds.",
+    )
+    synthetic_data: bool = _field(
+        False,
+        "Train on one random batch kept on the device instead of the data set (no data is read): the step's "
+        "speed without the input pipeline's.",
+    )
     seed: int | None = _field(
         None, "Seed for initialisation and data order; with --deterministic, runs repeat bit for bit."
     )
@@ -254,6 +265,7 @@ def validate(config):
     _positive("checkpoint_interval", config.checkpoint_interval)
     _positive("keep_checkpoints", config.keep_checkpoints)
     _positive("log_interval", config.log_interval)
+    _positive("steps_per_loop", config.steps_per_loop)
     if config.classes is not None:
         _positive("classes", config.classes)
     if config.image_size is not None:
