@@ -10,15 +10,24 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet.data.catalog import LAYOUTS, canonical_name, check_split, tfds_builder, tfds_dataset, tfds_module
+from keras_resnet.data.catalog import (
+    LAYOUTS,
+    canonical_name,
+    check_split,
+    tfds_builder,
+    tfds_dataset,
+    tfds_module,
+    val_fraction,
+)
 
 DIGITS_TEST_SIZE = 360
 SPLIT_SEED = 0
-VALIDATION_FRACTION = 10  # val_split holds out 1/10 of train: CIFAR's 5k of 50k
+CIFAR_ROW = 32 * 32 * 3
 CIFAR = {
     "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", 10, b"labels", "batches.meta", b"label_names"),
     "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", 100, b"fine_labels", "meta", b"fine_label_names"),
@@ -72,30 +81,73 @@ def cifar_locate(name, data_dir):
     return None
 
 
+def _unpickle(read, where):
+    """The dict a CIFAR python file holds, or a ValueError naming the file and what is wrong."""
+    try:
+        content = pickle.loads(read())
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise ValueError(
+            f"{where}: not a CIFAR python batch (unpickling failed: {error or type(error).__name__})"
+        ) from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{where}: not a CIFAR python batch (holds a {type(content).__name__}, not a dict)")
+    return content
+
+
 def _cifar_members(kind, path, names):
-    """{file name: unpickled dict} of the batch files `names`."""
+    """{file name: unpickled dict} of the batch files `names`; a missing, truncated or
+    garbled file is a ValueError naming it."""
     found = {}
     if kind == "dir":
         for member in names:
-            with tf.io.gfile.GFile(os.path.join(path, member), "rb") as f:
-                found[member] = pickle.load(f, encoding="bytes")
+            where = os.path.join(path, member)
+            if not tf.io.gfile.exists(where):
+                raise ValueError(f"{where} is missing: CIFAR's python batches are {', '.join(names)}")
+            with tf.io.gfile.GFile(where, "rb") as f:
+                found[member] = _unpickle(f.read, where)
         return found
-    with tf.io.gfile.GFile(path, "rb") as raw, tarfile.open(fileobj=io.BytesIO(raw.read()), mode="r:gz") as tar:
-        for member in tar.getmembers():
-            base = os.path.basename(member.name)
-            if base in names:
-                found[base] = pickle.load(tar.extractfile(member), encoding="bytes")
+    try:
+        with tf.io.gfile.GFile(path, "rb") as raw, tarfile.open(fileobj=io.BytesIO(raw.read()), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                base = os.path.basename(member.name)
+                if base in names and member.isfile():
+                    found[base] = _unpickle(tar.extractfile(member).read, f"{path}:{member.name}")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise ValueError(f"{path}: not a whole CIFAR python tarball ({error or type(error).__name__})") from None
     missing = sorted(set(names) - set(found))
     if missing:
-        raise ValueError(f"{path!r} lacks {missing}: not a CIFAR python tarball")
+        raise ValueError(f"{path!r} lacks {missing}: not a whole CIFAR python tarball")
     return found
+
+
+def _cifar_batch_arrays(batch, label_key, classes, where):
+    """(uint8 [n, 32, 32, 3], int32 [n]) of one unpickled batch, each fault a ValueError naming `where`."""
+    for key in (b"data", label_key):
+        if key not in batch:
+            raise ValueError(
+                f"{where}: no {key.decode()!r} entry (has {sorted(k.decode(errors='replace') for k in batch)})"
+            )
+    try:
+        label = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+        rows = np.asarray(batch[b"data"], dtype=np.uint8)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"{where}: data or labels are not arrays of numbers ({error})") from None
+    if rows.ndim != 2 or rows.shape[1] != CIFAR_ROW:
+        raise ValueError(f"{where}: data of shape {rows.shape}, expected [n, {CIFAR_ROW}] (32x32x3 bytes per row)")
+    if len(rows) != len(label):
+        raise ValueError(f"{where}: {len(rows)} images but {len(label)} labels")
+    bad = label[(label < 0) | (label >= classes)]
+    if bad.size:
+        raise ValueError(f"label {int(bad[0])} outside [0, {classes}) in {where}")
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), label.astype(np.int32)
 
 
 @functools.cache
 def cifar_python_arrays(name, data_dir, split):
     """CIFAR-10/100 from `cifar-10-python.tar.gz` or its extracted batches, no download.
 
-    Labels outside [0, classes) raise a ValueError naming the batch file.
+    A missing, truncated or garbled file, a wrong row length, a missing key or a label
+    outside [0, classes) is a ValueError naming the file and the fault.
     """
     check_split(split, ("train", "test"))
     located = cifar_locate(name, data_dir)
@@ -105,13 +157,10 @@ def cifar_python_arrays(name, data_dir, split):
     batches = _cifar_members(*located, CIFAR_FILES[name][split])
     images, labels = [], []
     for member in CIFAR_FILES[name][split]:
-        batch = batches[member]
-        label = np.asarray(batch[label_key], dtype=np.int64)
-        bad = label[(label < 0) | (label >= classes)]
-        if bad.size:
-            raise ValueError(f"label {int(bad[0])} outside [0, {classes}) in {os.path.join(located[1], member)}")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(label.astype(np.int32))
+        where = os.path.join(located[1], member)
+        image, label = _cifar_batch_arrays(batches[member], label_key, classes, where)
+        images.append(image)
+        labels.append(label)
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -119,7 +168,9 @@ def cifar_python_class_names(name, data_dir):
     kind, path = cifar_locate(name, data_dir)
     meta_name, names_key = CIFAR[name][4], CIFAR[name][5]
     meta = _cifar_members(kind, path, [meta_name])[meta_name]
-    return [n.decode() for n in meta[names_key]]
+    if names_key not in meta:
+        raise ValueError(f"{os.path.join(path, meta_name)}: no {names_key.decode()!r} entry")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
 
 
 def tfds_arrays(name, data_dir, split):
@@ -134,18 +185,40 @@ def tfds_arrays(name, data_dir, split):
     return images[..., :3], np.asarray(labels, dtype=np.int32)
 
 
-def holdout(images, labels, split):
-    """val_split: a fixed 1/10 of the training set held out (CIFAR: 45k train, 5k val)."""
-    order = np.random.RandomState(SPLIT_SEED).permutation(len(labels))
-    cut = len(labels) - len(labels) // VALIDATION_FRACTION
-    chosen = np.sort(order[:cut] if split == "train" else order[cut:])
+def held_out(labels, fraction, seed=SPLIT_SEED):
+    """Boolean mask of the examples a val_split holds out: `fraction` of them, stratified
+    (each class gives its share, rounded by largest remainder so the total is
+    floor(fraction * n): CIFAR's 5,000 of 50,000), chosen at random with a fixed seed: the
+    same for the same labels."""
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = fraction * counts
+    take = np.floor(quota).astype(int)
+    extra = int(np.floor(fraction * len(labels) + 1e-9)) - take.sum()
+    if extra > 0:
+        tie_break = rng.permutation(len(classes))
+        order = np.lexsort((tie_break, -(quota - take)))
+        take[order[:extra]] += 1
+    mask = np.zeros(len(labels), bool)
+    for cls, n in zip(classes, take):
+        members = np.flatnonzero(labels == cls)
+        mask[rng.permutation(members)[:n]] = True
+    return mask
+
+
+def holdout(images, labels, split, fraction):
+    """val_split: "train" keeps what held_out does not choose, "validation" the rest."""
+    mask = held_out(labels, fraction)
+    chosen = mask if split == "validation" else ~mask
     return images[chosen], labels[chosen]
 
 
 def load_arrays(name, split, data_dir=None, val_split=False):
     """(uint8 [N, H, W, 3], int32 [N]) of a small data set's split."""
     name = canonical_name(name)
-    check_split(split, ("train", "validation", "test") if val_split else ("train", "test"))
+    fraction = val_fraction(val_split)
+    check_split(split, ("train", "validation", "test") if fraction else ("train", "test"))
     base_split = "train" if split == "validation" else split
     if name == "digits":
         images, labels = digits_arrays(base_split)
@@ -153,4 +226,4 @@ def load_arrays(name, split, data_dir=None, val_split=False):
         images, labels = cifar_python_arrays(name, data_dir, base_split)
     else:
         images, labels = tfds_arrays(name, data_dir, base_split)
-    return holdout(images, labels, split) if val_split and split != "test" else (images, labels)
+    return holdout(images, labels, split, fraction) if fraction and split != "test" else (images, labels)

@@ -11,12 +11,15 @@ IMAGENET = "imagenet"
 TFDS_PREFIX = "tfds:"
 SPLITS = ("train", "validation", "test")
 SMALL_MAX_SIZE = 64
+DEFAULT_VAL_FRACTION = 0.1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# First bytes of the formats tf.io.decode_image reads.
+IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 LAYOUTS = """expected one of these layouts:
   TFRecord shards  DIR/train-00000-of-01024 ..., DIR/validation-00000-of-00128 ...
                    (tf.train.Example: image/encoded, image/class/label counted from 1)
-  class folders    DIR/train/<class>/<image> and DIR/validation/<class>/<image> (or val/);
-                   .jpg .jpeg .png .gif .bmp
+  class folders    DIR/train/<class>/<image> and DIR/validation/<class>/<image> (or val/;
+                   train/ alone with val_split); .jpg .jpeg .png .gif .bmp, named after DIR
   TFDS data dir    DIR/<name>/<version>/dataset_info.json (prepared), or for imagenet2012
                    DIR/downloads/manual/ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
   CIFAR python     DIR/cifar-10-python.tar.gz or DIR/cifar-10-batches-py/ (cifar-100 likewise)"""
@@ -41,6 +44,18 @@ def canonical_name(name):
         raise ValueError(f"name={name!r}: expected 'digits', 'cifar10', 'cifar100', 'imagenet' or a TFDS name")
     name = name[len(TFDS_PREFIX) :] if name.startswith(TFDS_PREFIX) else name
     return IMAGENET if name in (IMAGENET, "imagenet2012") else name
+
+
+def val_fraction(val_split):
+    """The fraction of train a val_split holds out: False/None/0 -> 0.0, True -> 1/10 (CIFAR's
+    5k of 50k, section 4.2), a number in (0, 1) -> itself."""
+    if val_split is None or val_split is False:
+        return 0.0
+    if val_split is True:
+        return DEFAULT_VAL_FRACTION
+    if not isinstance(val_split, (int, float)) or not 0 <= val_split < 1:
+        raise ValueError(f"val_split={val_split!r} must be a fraction of the training split in [0, 1) (0: none)")
+    return float(val_split)
 
 
 def check_split(split, allowed=SPLITS):

@@ -9,7 +9,15 @@ import tensorflow as tf
 
 from keras_resnet.data import arrays, sources
 from keras_resnet.data.arrays import CIFAR
-from keras_resnet.data.catalog import IMAGENET, LAYOUTS, SMALL_MAX_SIZE, DatasetInfo, canonical_name, tfds_builder
+from keras_resnet.data.catalog import (
+    IMAGENET,
+    LAYOUTS,
+    SMALL_MAX_SIZE,
+    DatasetInfo,
+    canonical_name,
+    tfds_builder,
+    val_fraction,
+)
 
 IMAGENET_CLASSES = 1000
 # Per-channel RGB mean of ImageNet's training images (the caffe models' mean, as RGB).
@@ -39,7 +47,8 @@ def _imagenet_wnids():
         return f.read().split()
 
 
-def _imagenet_info(data_dir):
+def _files_info(name, data_dir, val_split):
+    """ImageNet (TFRecords, TFDS, folders) or any class-folder or TFRecord set under its name."""
     kind = "tfds" if data_dir is None else sources.detect_source(data_dir)
     if kind == "tfds":
         return _tfds_info(IMAGENET, data_dir)
@@ -49,13 +58,26 @@ def _imagenet_info(data_dir):
     elif kind == "folders":
         names = sources.folder_classes(data_dir)
         counts = {}
-        for split in ("train", "validation"):
-            if sources.folder_split_dir(data_dir, split) is not None:
-                counts[split] = len(sources.folder_files(data_dir, split)[0])
+        for split in ("train", "validation", "test"):
+            if sources.has_split(data_dir, split, val_split):
+                counts[split] = len(sources.folder_split(data_dir, split, val_split).paths)
     else:
-        raise ValueError(f"data_dir={data_dir!r} holds {kind} files, not ImageNet; {LAYOUTS}")
+        raise ValueError(f"data_dir={data_dir!r} holds {kind} files, not {name}; {LAYOUTS}")
     classes = len(names) if kind == "folders" else IMAGENET_CLASSES
-    return DatasetInfo(IMAGENET, kind, classes, 224, counts, names, small=False)
+    return DatasetInfo(name, kind, classes, 224, counts, names, small=False)
+
+
+def reads_files(name, data_dir):
+    """Whether `name` is read from data_dir's TFRecord shards or class folders (not an
+    in-memory set, nor a TFDS dir): the streamed sets any name may go by."""
+    if name == IMAGENET:
+        return True
+    if not data_dir or name == "digits" or (name in CIFAR and arrays.cifar_locate(name, data_dir)):
+        return False
+    try:
+        return sources.detect_source(data_dir) in ("tfrecord", "folders")
+    except ValueError:
+        return False
 
 
 def _tfds_info(name, data_dir):
@@ -81,7 +103,7 @@ def _small_info(name, data_dir, val_split):
         if info.num_examples and not val_split:
             return info
         source, classes, class_names = "tfds", info.num_classes, info.class_names
-    splits = ("train", "validation", "test") if val_split else ("train", "test")
+    splits = ("train", "validation", "test") if val_fraction(val_split) else ("train", "test")
     loaded = {split: arrays.load_arrays(name, split, data_dir, val_split) for split in splits}
     counts = {split: len(labels) for split, (_, labels) in loaded.items()}
     return DatasetInfo(name, source, classes, loaded["test"][0].shape[1], counts, class_names, small=True)
@@ -91,17 +113,97 @@ def dataset_info(name, data_dir=None, val_split=False):
     """DatasetInfo: num_classes, image_size (32 digits/CIFAR, 224 ImageNet), num_examples per
     split, class_names (list or None), source kind and whether it is held in memory."""
     name = canonical_name(name)
-    return _imagenet_info(data_dir) if name == IMAGENET else _small_info(name, data_dir, val_split)
+    return (
+        _files_info(name, data_dir, val_split)
+        if reads_files(name, data_dir)
+        else _small_info(name, data_dir, val_split)
+    )
 
 
 def pixel_mean(name, data_dir=None, val_split=False):
-    """float32 mean image [H, W, 3] of the training split (sections 3.4, 4.2).
+    """float32 mean of the training split, what preprocessing mode "pixel_mean" subtracts
+    (sections 3.4, 4.2).
 
-    For in-memory sets (digits, CIFAR, small TFDS sets) the per-pixel mean over the
-    training images (the 45k with val_split); for ImageNet-like sets the per-channel
-    ImageNet mean, shaped [1, 1, 3] to broadcast over any image size.
+    In-memory sets (digits, CIFAR, small TFDS sets): the per-pixel mean image [H, W, 3] of
+    the training images (the kept part with val_split). ImageNet: its per-channel mean,
+    [1, 1, 3]. Other streamed sets (class folders, TFRecords): the per-channel mean of their
+    training images, [1, 1, 3], from one pass over them (`streamed_channel_mean`).
     """
-    if not dataset_info(name, data_dir).small:
+    info = dataset_info(name, data_dir, val_split)
+    if info.small:
+        images, _ = arrays.load_arrays(name, "train", data_dir, val_split)
+        return images.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if info.name == IMAGENET:
         return np.asarray(IMAGENET_MEAN_RGB, dtype=np.float32).reshape(1, 1, 3)
-    images, _ = arrays.load_arrays(name, "train", data_dir, val_split)
-    return images.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return streamed_channel_mean(info.name, data_dir, val_split)[0]
+
+
+def _decode_small(encoded):
+    """RGB pixels of an image, JPEGs decoded at 1/4 size (their mean barely moves): float64 [3] mean."""
+    from keras_resnet.data import views
+
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.image.decode_jpeg(encoded, channels=3, ratio=4),
+        lambda: views.decode_rgb(encoded),
+    )
+    return tf.reduce_mean(tf.cast(image, tf.float64), axis=[0, 1])
+
+
+def streamed_channel_mean(name, data_dir=None, val_split=False):
+    """(float32 [1, 1, 3] per-channel mean, images read) of a streamed set's training
+    images, each image weighing the same; images that do not decode are left out. A
+    ValueError where none decodes."""
+    examples, unpack = sources.encoded_examples(
+        name, "train", data_dir, None, training=False, seed=None, deterministic=False, val_split=val_split
+    )
+    means = examples.map(
+        lambda *example: _decode_small(unpack(example[0], example[1])[0]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    ).ignore_errors()
+    total, count = means.reduce(
+        (tf.zeros([3], tf.float64), tf.constant(0, tf.int64)), lambda state, mean: (state[0] + mean, state[1] + 1)
+    )
+    count = int(count)
+    if not count:
+        raise ValueError(f"no image of {name}'s training split in {data_dir!r} decodes: nothing to take a mean of")
+    return (total.numpy() / count).astype(np.float32).reshape(1, 1, 3), count
+
+
+def _class_counts(labels, class_names):
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    return ", ".join(f"{name} {n}" for name, n in zip(class_names, counts))
+
+
+def describe(name, data_dir=None, val_split=False, max_listed=10):
+    """Lines saying what a data set holds, for the start of a run: where it is read from,
+    images per split and per class, the class names, and the files skipped and why."""
+    info = dataset_info(name, data_dir, val_split)
+    where = f" from {data_dir}" if data_dir else ""
+    lines = [f"data: {info.name}{where}, read as {info.source}; {info.num_classes} classes, " + _count_text(info)]
+    if info.source != "folders":
+        if info.class_names is not None and len(info.class_names) <= 2 * max_listed:
+            lines.append(f"  classes: {', '.join(map(str, info.class_names))}")
+        return lines
+    fraction = val_fraction(val_split)
+    skipped = []
+    for split in info.num_examples:
+        found = sources.folder_split(data_dir, split, val_split)
+        held = f" ({fraction:g} of train/ held out, stratified)" if fraction and split == "validation" else ""
+        lines.append(f"  {split}{held}: {_class_counts(found.labels, info.class_names)}")
+        skipped += [item for item in found.skipped if item not in skipped]
+    if "validation" not in info.num_examples:
+        lines.append(
+            "  no validation folder: pass val_split (--val_split 0.1) to hold out part of train/ for evaluation"
+        )
+    if skipped:
+        lines.append(f"  skipped {len(skipped)} file(s):")
+        lines += [f"    {path}: {reason}" for path, reason in skipped[:max_listed]]
+        if len(skipped) > max_listed:
+            lines.append(f"    ... and {len(skipped) - max_listed} more")
+    return lines
+
+
+def _count_text(info):
+    return ", ".join(f"{split} {n:,} images" for split, n in info.num_examples.items())

@@ -17,6 +17,7 @@ from keras_resnet.preprocessing import MODES, preprocess_input
 AUGMENTS = ("scale", "inception")
 EVAL_VIEWS = ("center", "10crop", "multiscale")
 RECORD_SHUFFLE_BUFFER = 10_000
+PROBE_IMAGES = 64
 SEED_STRIDE = 1_000_003
 
 
@@ -136,6 +137,7 @@ def _large_dataset(cfg, input_context, counter, batch_size):
         training=training,
         seed=cfg["seed"],
         deterministic=cfg["deterministic"] if training else True,
+        val_split=cfg["val_split"],
     )
     if cfg["cache"]:
         examples = examples.cache("" if cfg["cache"] is True else cfg["cache"])
@@ -197,9 +199,31 @@ def _check_split(info, split, data_dir, val_split, view):
             raise ValueError(f"view={view!r} is for ImageNet-size images; {info.name} has the single view 'center'")
         return
     catalog.check_split(split)
-    if val_split:
-        raise ValueError(f"val_split=True holds out part of train of in-memory sets; {info.name} has its own split")
-    sources.check_split_files(info.name, split, data_dir)
+    sources.check_split_files(info.name, split, data_dir, val_split)
+
+
+def _decodes(unpack):
+    def decode(*example):
+        return tf.shape(views.decode_rgb(unpack(example[0], example[1])[0]))
+
+    return decode
+
+
+def check_decodable(name, split, data_dir, val_split=0.0, probe=PROBE_IMAGES):
+    """A ValueError naming the source where none of a split's first `probe` images decodes
+    (every file corrupt, say): the skipping pipeline would otherwise wait for one forever."""
+    examples, unpack = sources.encoded_examples(
+        name, split, data_dir, None, training=False, seed=None, deterministic=True, val_split=val_split
+    )
+    first = examples.take(probe)
+    if int(first.map(_decodes(unpack)).ignore_errors().take(1).reduce(0, lambda n, _: n + 1)):
+        return
+    tried = int(first.reduce(0, lambda n, _: n + 1))
+    where = data_dir or "the TFDS data dir"
+    raise ValueError(
+        f"no readable image in {name} {split} ({where}): the first {tried} records or files were all skipped "
+        "as unreadable (no parse or no decode); check the files, e.g. open one with PIL"
+    )
 
 
 def make_input_fn(
@@ -232,14 +256,16 @@ def make_input_fn(
     name = catalog.canonical_name(name)
     info = dataset_info(name, data_dir, val_split)
     _check_split(info, split, data_dir, val_split, view)
+    if not info.small:
+        check_decodable(info.name, split, data_dir, val_split)
     size = image_size or info.image_size
     cfg = dict(
-        name=name,
+        name=info.name,
         split=split,
         data_dir=data_dir,
         training=bool(training),
         mode=preprocess_mode,
-        mean=_resolve_mean(name, data_dir, preprocess_mode, mean, val_split, size, info, view),
+        mean=_resolve_mean(info.name, data_dir, preprocess_mode, mean, val_split, size, info, view),
         seed=None if seed is None else int(seed),
         deterministic=bool(deterministic),
         shuffle_buffer=shuffle_buffer,

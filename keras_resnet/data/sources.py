@@ -9,21 +9,25 @@ TensorFlow's ImageNet tooling), class-per-folder image directories, TFDS sets
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet.data.arrays import CIFAR, cifar_locate
+from keras_resnet.data.arrays import CIFAR, cifar_locate, held_out
 from keras_resnet.data.catalog import (
     IMAGE_EXTENSIONS,
-    IMAGENET,
+    IMAGE_SIGNATURES,
     LAYOUTS,
     TFDS_PREFIX,
+    check_split,
     tfds_builder,
     tfds_dataset,
     tfds_module,
     tfds_split,
+    val_fraction,
 )
 from keras_resnet.data.skips import shard_records
 
@@ -59,24 +63,108 @@ def folder_classes(data_dir):
     return []
 
 
-def folder_files(data_dir, split):
-    """(paths, labels) of a class-per-folder split, labels by sorted class name."""
+def folder_dataset_name(data_dir):
+    """The name a folder data set goes by: its directory's name ("flowers" for ~/data/flowers/)."""
+    return os.path.basename(os.path.normpath(data_dir)) or "folders"
+
+
+def image_format(head):
+    """'jpeg', 'png', 'gif' or 'bmp' from a file's first bytes, or None (what decode_image reads)."""
+    for prefix, kind in IMAGE_SIGNATURES:
+        if head.startswith(prefix):
+            return kind
+    return None
+
+
+def _file_head(path):
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read(8)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSplit:
+    """The files of one class-folder split: images with their labels, and what was left out."""
+
+    directory: str
+    paths: tuple
+    labels: tuple
+    skipped: tuple  # (path, reason)
+
+
+@functools.cache
+def list_folder_split(data_dir, split):
+    """A split's images (labels by sorted class name of train), every other file skipped
+    with its reason: no image extension, or first bytes that are no JPEG/PNG/GIF/BMP.
+    Files straight under the split directory (not in a class folder) are skipped too."""
     classes = folder_classes(data_dir)
     split_dir = folder_split_dir(data_dir, split)
     if split_dir is None:
         raise ValueError(f"no {' or '.join(FOLDER_NAMES[split])} folder in {data_dir!r}; {LAYOUTS}")
-    paths, labels = [], []
+    paths, labels, skipped = [], [], []
+    for entry in sorted(tf.io.gfile.listdir(split_dir)):
+        path = os.path.join(split_dir, entry.rstrip("/"))
+        if not tf.io.gfile.isdir(path):
+            skipped.append((path, "not in a class folder"))
+        elif entry.rstrip("/") not in classes:
+            skipped.append((path, "a class folder that train/ lacks"))
     for label, name in enumerate(classes):
         class_dir = os.path.join(split_dir, name)
         if not tf.io.gfile.isdir(class_dir):
             continue
         for entry in sorted(tf.io.gfile.listdir(class_dir)):
-            if entry.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.join(class_dir, entry))
+            path = os.path.join(class_dir, entry.rstrip("/"))
+            if tf.io.gfile.isdir(path):
+                skipped.append((path, "a folder inside a class folder"))
+            elif not entry.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.append((path, f"not an image file name ({', '.join(IMAGE_EXTENSIONS)})"))
+            elif image_format(_file_head(path)) is None:
+                skipped.append((path, "not a JPEG, PNG, GIF or BMP (its first bytes)"))
+            else:
+                paths.append(path)
                 labels.append(label)
     if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir!r}; {LAYOUTS}")
-    return paths, labels
+        reasons = f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir!r}{reasons}; {LAYOUTS}")
+    return FolderSplit(split_dir, tuple(paths), tuple(labels), tuple(skipped))
+
+
+def has_own_validation(data_dir):
+    """Whether class folders come with a validation (or val) split of their own."""
+    return folder_split_dir(data_dir, "validation") is not None
+
+
+def has_split(data_dir, split, val_split=0.0):
+    """Whether class folders hold `split`: train/ (and with val_split its held-out part as
+    validation), validation/ or val/, test/ (which, absent, reads validation)."""
+    if val_fraction(val_split):
+        return split in ("train", "validation")
+    own = {"train": ("train",), "validation": FOLDER_NAMES["validation"], "test": ("test",)}[split]
+    return any(tf.io.gfile.isdir(os.path.join(data_dir, folder)) for folder in own)
+
+
+def folder_split(data_dir, split, val_split=0.0):
+    """The FolderSplit a split reads: with val_split (train/ alone), "train" and "validation"
+    are the stratified parts of train/ that `arrays.held_out` picks (fixed seed), "test"
+    is refused; without, the folders themselves."""
+    fraction = val_fraction(val_split)
+    if not fraction:
+        return list_folder_split(data_dir, split)
+    if has_own_validation(data_dir):
+        raise ValueError(
+            f"val_split={val_split!r}: {data_dir!r} has a validation folder of its own; drop val_split or that folder"
+        )
+    check_split(split, ("train", "validation"))
+    whole = list_folder_split(data_dir, "train")
+    mask = held_out(whole.labels, fraction)
+    keep = mask if split == "validation" else ~mask
+    pick = lambda column: tuple(item for item, kept in zip(column, keep) if kept)  # noqa: E731
+    return FolderSplit(whole.directory, pick(whole.paths), pick(whole.labels), whole.skipped)
+
+
+def folder_files(data_dir, split, val_split=0.0):
+    """(paths, labels) of a class-per-folder split, labels by sorted class name."""
+    found = folder_split(data_dir, split, val_split)
+    return list(found.paths), list(found.labels)
 
 
 def _tfds_prepared(data_dir):
@@ -153,8 +241,8 @@ def tfrecord_examples(data_dir, split, context, training, seed, deterministic):
     return records, _parse_tfrecord
 
 
-def folder_examples(data_dir, split, context, training, seed):
-    paths, labels = shard_list(list(folder_files(data_dir, split)), context)
+def folder_examples(data_dir, split, context, training, seed, val_split=0.0):
+    paths, labels = shard_list(list(folder_files(data_dir, split, val_split)), context)
     examples = _files_dataset([paths, np.asarray(labels, np.int32)], training, seed)
     return examples.map(lambda path, label: (path, label, path)), _read_file
 
@@ -178,25 +266,33 @@ def tfds_examples(name, data_dir, split, context, training, seed):
 
 
 def source_kind(name, data_dir):
-    """'tfrecord', 'folders' or 'tfds': what a large data set is read from."""
-    kind = "tfds" if data_dir is None or name != IMAGENET else detect_source(data_dir)
-    if kind not in ("tfrecord", "folders", "tfds"):
-        raise ValueError(f"data_dir={data_dir!r} holds {kind} files, which are not {name}; {LAYOUTS}")
+    """'tfrecord', 'folders' or 'tfds': what a streamed data set is read from. A data_dir of
+    TFRecord shards or class folders is read as such whatever the name; else TFDS."""
+    if data_dir is None:
+        return "tfds"
+    kind = detect_source(data_dir)
+    if kind == "cifar_python":
+        raise ValueError(f"data_dir={data_dir!r} holds CIFAR python files, which are not {name}; {LAYOUTS}")
     return kind
 
 
-def check_split_files(name, split, data_dir):
+def check_split_files(name, split, data_dir, val_split=0.0):
     """A ValueError now, before any reading, where the split has no files."""
     kind = source_kind(name, data_dir)
+    if val_split and kind != "folders":
+        raise ValueError(
+            f"val_split={val_split!r} holds out part of train of class folders or in-memory sets; "
+            f"{name} ({kind}) has its own validation split"
+        )
     if kind == "tfrecord" and not tfrecord_files(data_dir, split):
         raise ValueError(f"no {TFRECORD_PREFIX[split]}-*-of-* shards in {data_dir!r}; {LAYOUTS}")
     if kind == "folders":
-        folder_files(data_dir, split)
+        folder_files(data_dir, split, val_split)
     if kind == "tfds":
         tfds_dataset(tfds_builder(name, data_dir), tfds_split(name, split))
 
 
-def encoded_examples(name, split, data_dir, context, *, training, seed, deterministic):
+def encoded_examples(name, split, data_dir, context, *, training, seed, deterministic, val_split=0.0):
     """((payload, label hint, ..., origin) dataset, unpack) of a large data set, sharded by file.
 
     One epoch; in training the files come in a new order each epoch.
@@ -206,5 +302,5 @@ def encoded_examples(name, split, data_dir, context, *, training, seed, determin
     if kind == "tfrecord":
         return tfrecord_examples(data_dir, split, context, training, seed, deterministic)
     if kind == "folders":
-        return folder_examples(data_dir, split, context, training, seed)
+        return folder_examples(data_dir, split, context, training, seed, val_split)
     return tfds_examples(name, data_dir, split, context, training, seed)

@@ -65,7 +65,8 @@ def decode_windows(encoded, plan):
         image = decode_rgb(encoded)
         return _crops(image, plan(tf.shape(image)[:2]), tf.zeros([2], tf.int32))
 
-    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    crops = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    return tf.ensure_shape(crops, [None, None, None, 3])  # RGB whatever the file held: batches need the 3
 
 
 def _uniform_int(seed, low, high):
@@ -163,7 +164,12 @@ def imagenet_train_view(encoded, seed, crop=CROP, scale_range=SCALE_RANGE, augme
 
 
 def center_view(encoded, crop=CROP, resize=RESIZE):
-    """[crop, crop, 3]: shorter side resized to `resize`, centre crop."""
+    """[crop, crop, 3]: shorter side resized to `resize`, centre crop.
+
+    The one centre view: evaluation and the exported serve_image_bytes signature both call
+    it, so a served image gets the evaluated pixels. Bilinear without antialiasing, as the
+    training views resize: the net is served the kind of pixels it learned from.
+    """
     return tf.image.resize(decode_windows(encoded, lambda shape: center_window(shape, crop, resize))[0], [crop, crop])
 
 
