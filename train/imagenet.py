@@ -5,9 +5,15 @@
     python train/imagenet.py --data_dir DIR --batch_size 1024 --lr_scaling linear --warmup_epochs 5
 
 Every flag defaults to the paper: batch 256, lr 0.1 divided by 10 when the validation error
-plateaus, 60e4 iterations, momentum 0.9, weight decay 1e-4, shortcut B. --data_dir holds
-TFRecord shards, class folders or a TFDS data dir (printed at start). Rerunning the same
+plateaus, 60e4 iterations, momentum 0.9, weight decay 1e-4, shortcut B. Rerunning the same
 command resumes from the latest checkpoint in --model_dir.
+
+--data_dir holds one of (what was found is printed at start: images per split and class,
+class names, files skipped and why):
+  your own images  DIR/train/<class>/<image> and DIR/validation/<class>/<image> (or val/;
+                   or train/ alone with --val_split 0.1); .jpg .jpeg .png .gif .bmp of any
+                   size and colour mode; the data set is named after DIR (or --dataset NAME)
+  ImageNet         TFRecord shards DIR/train-00000-of-01024 ..., or a TFDS data dir
 """
 
 from absl import app, flags
@@ -21,13 +27,10 @@ FLAGS = flags.FLAGS
 
 
 def run():
-    from keras_resnet.training.inputs import describe_source
     from keras_resnet.training.loop import train
 
-    config = cli.config_from_flags(FLAGS)
-    print(describe_source(config), flush=True)
-    train(config)
+    return train(cli.config_from_flags(FLAGS))
 
 
 if __name__ == "__main__":
-    app.run(cli.absl_main(run))
+    app.run(cli.absl_main(run), flags_parser=cli.parse_flags)

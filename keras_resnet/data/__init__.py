@@ -79,22 +79,29 @@ A label outside [0, classes) is not skipped: it stops the pipeline with an error
 naming its file (TFRecords, checked as read) or a ValueError before reading (CIFAR).
 """
 
-from keras_resnet.data.arrays import digits, load_arrays
-from keras_resnet.data.catalog import DatasetInfo
-from keras_resnet.data.info import dataset_info, pixel_mean
-from keras_resnet.data.pipeline import make_eval_input_fn, make_input_fn, per_replica_batch_size
+from keras_resnet.data.arrays import cifar_name, digits, load_arrays
+from keras_resnet.data.catalog import LAYOUTS, DatasetInfo
+from keras_resnet.data.info import dataset_info, describe, pixel_mean, streamed_channel_mean
+from keras_resnet.data.pipeline import check_decodable, make_eval_input_fn, make_input_fn, per_replica_batch_size
 from keras_resnet.data.skips import SkipCounter
-from keras_resnet.data.sources import detect_source
+from keras_resnet.data.sources import detect_source, folder_dataset_name, folder_split
 
 __all__ = [
+    "LAYOUTS",
     "DatasetInfo",
     "SkipCounter",
+    "check_decodable",
+    "cifar_name",
     "dataset_info",
+    "describe",
     "detect_source",
     "digits",
+    "folder_dataset_name",
+    "folder_split",
     "load_arrays",
     "make_eval_input_fn",
     "make_input_fn",
     "per_replica_batch_size",
     "pixel_mean",
+    "streamed_channel_mean",
 ]

@@ -81,6 +81,11 @@ def cifar_locate(name, data_dir):
     return None
 
 
+def cifar_name(data_dir):
+    """ "cifar10" or "cifar100": the CIFAR set whose python files are in data_dir (None if neither)."""
+    return next((name for name in CIFAR if cifar_locate(name, data_dir)), None)
+
+
 def _unpickle(read, where):
     """The dict a CIFAR python file holds, or a ValueError naming the file and what is wrong."""
     try:

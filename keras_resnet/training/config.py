@@ -33,12 +33,18 @@ class TrainConfig:
     model: str = _field(
         "resnet20", "Registered architecture, e.g. resnet20, resnet110, plain56, resnet50 (keras_resnet.list_models())."
     )
-    dataset: str = _field(
-        "cifar10", "Data set: digits (bundled, offline), cifar10, imagenet, or another name keras_resnet.data knows."
+    dataset: str | None = _field(
+        None,
+        "Data set: digits (bundled, offline), cifar10, cifar100, imagenet, a TFDS name, or the name of your own "
+        "class folders in --data_dir; None: what --data_dir holds (class folders are named after their directory, "
+        "ImageNet TFRecords or TFDS imagenet, CIFAR files), without --data_dir cifar10 for CIFAR nets, imagenet for "
+        "ImageNet nets.",
     )
     data_dir: str | None = _field(
         None,
-        "Where the data set lives (TFRecords, TFDS dir, image folders, CIFAR tarball); None: the data layer's default.",
+        "Where the data set lives: class folders DIR/train/<class>/<image> (and DIR/validation/<class>/... or "
+        "--val_split), ImageNet TFRecord shards DIR/train-00000-of-01024, a TFDS data dir, or CIFAR's python "
+        "tarball; None: the data layer's default (TFDS).",
     )
     model_dir: str = _field(
         "runs/resnet20",
@@ -163,17 +169,19 @@ class TrainConfig:
     # Data.
     preprocess_mode: str | None = _field(
         None,
-        "Input preprocessing: pixel_mean (the training set's mean image, sections 3.4/4.2), caffe, torch, tf; "
-        "None: what --init_weights expect, else pixel_mean.",
+        "Input preprocessing: pixel_mean (the training set's mean: per pixel for in-memory sets, sections "
+        "3.4/4.2; ImageNet's per-channel mean; for other sets the per-channel mean of their training images, "
+        "computed once and kept in the run dir), caffe, torch, tf; None: what --init_weights expect, else pixel_mean.",
         (None,) + PREPROCESS_MODES,
     )
     image_size: int | None = _field(
         None, "Training and eval crop size; None: the data set's (32 for CIFAR-10 and digits, 224 for ImageNet)."
     )
-    val_split: bool = _field(
-        False,
-        "Hold out part of the training split (5k of CIFAR-10's 50k, section 4.2) and evaluate on it instead "
-        "of the test split.",
+    val_split: float = _field(
+        0.0,
+        "Hold out this fraction of the training split, stratified by class with a fixed seed (0.1: CIFAR-10's 5k "
+        "of 50k, section 4.2), and evaluate on it; for sets without a validation split of their own (in-memory "
+        "sets, class folders with train/ only). The held-out files are listed in the run dir. 0: none.",
     )
     shuffle_buffer: int | None = _field(None, "Shuffle buffer size; None: the data layer's default.")
     cache: bool | None = _field(None, "Cache the decoded data set in memory; None: the data layer's default.")
@@ -208,7 +216,6 @@ class TrainConfig:
 CIFAR_RECIPE = {}
 IMAGENET_RECIPE = {
     "model": "resnet50",
-    "dataset": "imagenet",
     "model_dir": "runs/resnet50",
     "batch_size": 256,
     "train_steps": 600_000,
@@ -294,7 +301,88 @@ def validate(config):
         raise ValueError(f"model_dir={config.model_dir!r} exists and is not a directory")
     if (config.freeze or config.freeze_bn) and not config.init_weights:
         raise ValueError("freeze/freeze_bn fine-tune pretrained weights: give --init_weights too")
+    if not 0 <= config.val_split < 1:
+        raise ValueError(f"val_split={config.val_split!r} must be a fraction in [0, 1) (0: none)")
+    check_resume(config)
     return config
+
+
+def dataset_name(config):
+    """The data set a config trains on: --dataset, else what --data_dir holds (class folders
+    by their directory's name, CIFAR python files as cifar10/cifar100, TFRecords or a TFDS
+    dir as imagenet), else cifar10 for CIFAR nets and imagenet for ImageNet nets."""
+    if config.dataset:
+        return config.dataset
+    if not config.data_dir:
+        return "cifar10" if model_family(config.model) == "cifar" else "imagenet"
+    from keras_resnet import data
+
+    kind = data.detect_source(config.data_dir)
+    if kind == "folders":
+        return data.folder_dataset_name(config.data_dir)
+    if kind == "cifar_python":
+        return data.cifar_name(config.data_dir)
+    return "imagenet"
+
+
+def _shortcut(config):
+    """The shortcut option the model gets: --shortcut, else the paper's for its stem (None for plain nets)."""
+    from keras_resnet.builders import DEFAULT_SHORTCUT, get_builder
+
+    builder = get_builder(config.model)
+    return (config.shortcut or DEFAULT_SHORTCUT[builder.spec.stem]) if builder.residual else None
+
+
+# What a run dir is: a rerun must give the same, or start another run dir (fine-tuning from this one).
+IDENTITY = {
+    "model": lambda config: config.model,
+    "shortcut": _shortcut,
+    "dataset": dataset_name,
+    "image_size": lambda config: config.image_size,
+    "batch_size": lambda config: config.batch_size,
+}
+
+
+def recorded_identity(recorded):
+    """IDENTITY's values as a run dir's config.json records them (shortcut: what the model was built with)."""
+    shortcut = (recorded.get("model_kwargs") or {}).get("shortcut", recorded.get("shortcut"))
+    if recorded.get("record"):
+        shortcut = recorded["record"].get("architecture", {}).get("shortcut", shortcut)
+    values = {name: recorded.get(name) for name in IDENTITY}
+    values["shortcut"] = shortcut
+    input_shape = (recorded.get("model_kwargs") or {}).get("input_shape")
+    values["input_size"] = input_shape[0] if input_shape else recorded.get("image_size")
+    return values
+
+
+def check_resume(config):
+    """A rerun into a run dir must be the same run: model, shortcut, data set, image size and
+    batch size as config.json records, else a ValueError naming each difference, raised
+    before anything is written there."""
+    import json
+
+    path = os.path.join(config.model_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        recorded = recorded_identity(json.load(f))
+    differences = []
+    for name, given in IDENTITY.items():
+        given = given(config)
+        if name == "shortcut" and recorded[name] is None:
+            continue  # a run dir from before the shortcut was recorded
+        if name == "image_size" and given is not None:
+            same = given == recorded["input_size"]  # the size the run used, given or the data set's
+        else:
+            same = given == recorded[name]
+        if not same:
+            was = recorded["input_size"] if name == "image_size" else recorded[name]
+            differences.append(f"--{name}={given} but the run was {was}")
+    if differences:
+        raise ValueError(
+            f"{config.model_dir} holds another run ({'; '.join(differences)}): rerun with its settings to resume, "
+            "or train into a new --model_dir (with --init_weights " + config.model_dir + " to start from its weights)"
+        )
 
 
 def is_deep_cifar(model):

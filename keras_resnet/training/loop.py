@@ -303,7 +303,8 @@ class _Run:
     """The state of one run: model, optimizer, schedule, checkpointing, data iterators."""
 
     def __init__(self, config, strategy, inputs, model_fn=None):
-        config = dataclasses.replace(config, preprocess_mode=inputs.preprocess_mode)
+        dataset = inputs.dataset or config_lib.dataset_name(config)
+        config = dataclasses.replace(config, preprocess_mode=inputs.preprocess_mode, dataset=dataset)
         self.config, info = config_lib.resolve(config, inputs.num_examples, inputs.num_classes, inputs.image_size)
         self.info = info
         self.strategy = strategy
