@@ -37,8 +37,8 @@ class Classifier:
 
 def _architecture(path):
     """(registry name, builder kwargs) of the network whose weights are at `path`."""
-    from keras_resnet import saved_run
     from keras_resnet import weights as weights_lib
+    from keras_resnet.training import saved_run
 
     if os.path.isdir(path):
         config = saved_run.read_config(path)
@@ -70,9 +70,9 @@ def _architecture(path):
 def load_classifier(path, preprocess_mode=None, mean=None):
     """The network at `path` (run dir, .keras, .weights.h5) for any image size, with the
     preprocessing its weights record (or `preprocess_mode`/`mean` where they record none)."""
-    from keras_resnet import saved_run
     from keras_resnet import weights as weights_lib
     from keras_resnet.builders import get_builder
+    from keras_resnet.training import saved_run
 
     if not os.path.exists(path):
         raise ValueError(f"{path!r} does not exist: give a training run dir, a .keras or a .weights.h5 file")
@@ -91,11 +91,32 @@ def load_classifier(path, preprocess_mode=None, mean=None):
     return Classifier(model, name, mode, mean, dataset, image_size)
 
 
-def default_split(dataset, data_dir=None):
-    """validation for ImageNet-like sets (the paper reports on it), test for 32x32 sets."""
+def default_split(dataset, data_dir=None, val_split=0.0):
+    """The split a training run evaluates: validation for ImageNet-like sets (the paper
+    reports on it) and for val_split's held-out part, test for 32x32 sets; class folders
+    without validation/ read test/."""
     from keras_resnet import data
+    from keras_resnet.training.inputs import eval_split
 
-    return "test" if data.dataset_info(dataset, data_dir).small else "validation"
+    info = data.dataset_info(dataset, data_dir, val_split=val_split)
+    split = eval_split(val_split, info)
+    if split is None:
+        raise ValueError(
+            f"{data_dir} has neither validation/ nor test/ folders and the run held nothing out (--val_split): "
+            "give --split train, or train with --val_split"
+        )
+    return split
+
+
+def run_data(model_dir):
+    """(dataset, data_dir, val_split, class names) a training run dir was trained on, from its
+    config.json; with val_split the held-out files must still be those the run listed."""
+    from keras_resnet.training import inputs, saved_run
+
+    config = saved_run.read_config(model_dir)
+    data_dir, val_split = config.get("data_dir"), config.get("val_split") or 0.0
+    inputs.check_held_out(model_dir, inputs.held_out_files(data_dir, val_split))
+    return config.get("dataset"), data_dir, val_split, config.get("class_names")
 
 
 def _top_k_wrong(scores, labels, k):
@@ -112,10 +133,25 @@ def _mean_for(view, mean):
     return mean
 
 
+def scales_for(image_size, scales=MULTI_SCALES):
+    """Table 4's shorter sides for a net trained at `image_size` (224: 224..640; 32: 32..91)."""
+    return tuple(round(s * image_size / MULTI_SCALES[0]) for s in scales)
+
+
 def view_datasets(
-    classifier, dataset, split, view, *, data_dir=None, batch_size=100, image_size=None, scales=MULTI_SCALES
+    classifier,
+    dataset,
+    split,
+    view,
+    *,
+    data_dir=None,
+    batch_size=100,
+    image_size=None,
+    scales=None,
+    val_split=0.0,
 ):
-    """The tf.data datasets of one view: one dataset, or one per scale for multiscale."""
+    """The tf.data datasets of one view: one dataset, or one per scale for multiscale (default
+    scales: `scales_for` the crop size)."""
     from keras_resnet import data
 
     if view not in VIEWS:
@@ -125,19 +161,25 @@ def view_datasets(
         preprocess_mode=classifier.preprocess_mode,
         mean=_mean_for(view, classifier.mean),
         image_size=image_size or classifier.image_size,
+        val_split=val_split,
     )
+    scales = scales or scales_for(common["image_size"] or MULTI_SCALES[0])
     if view != "multiscale":
         return [data.make_eval_input_fn(dataset, split, batch_size, view=view, **common)(None)]
     return [data.make_eval_input_fn(dataset, split, 1, view=view, scale=s, **common)(None) for s in scales]
 
 
 def evaluate(classifier, dataset, split="validation", view="center", **kwargs):
-    """{"top1_error", "top5_error", "count"} of `classifier` on a split, with `view`'s crops
-    averaged per image (softmax scores, as the paper averages)."""
+    """{"top1_error", "top5_error", "count", "confusion"} of `classifier` on a split, with
+    `view`'s crops averaged per image (softmax scores, as the paper averages). top5_error
+    is None for 5 classes or fewer (it would be 0); confusion[true, predicted] counts images.
+    A split with no readable image is a ValueError."""
     import tensorflow as tf
 
     predict = tf.function(lambda x: classifier.model(x, training=False), reduce_retracing=True)
     datasets = view_datasets(classifier, dataset, split, view, **kwargs)
+    classes = classifier.model.output_shape[-1]
+    confusion = np.zeros((classes, classes), np.int64)
     top1 = top5 = count = 0
     for batches in tf.data.Dataset.zip(tuple(datasets)):
         scores, labels = 0.0, batches[0][1].numpy()
@@ -150,15 +192,63 @@ def evaluate(classifier, dataset, split="validation", view="center", **kwargs):
         top1 += _top_k_wrong(scores, labels, 1)
         top5 += _top_k_wrong(scores, labels, k)
         count += len(labels)
-    return {"top1_error": top1 / max(count, 1), "top5_error": top5 / max(count, 1), "count": count}
+        np.add.at(confusion, (labels, np.argmax(scores, axis=1)), 1)
+    if not count:
+        raise ValueError(f"{dataset} {split}: no image could be read, nothing to evaluate")
+    top5_error = top5 / count if classes > 5 else None
+    return {"top1_error": top1 / count, "top5_error": top5_error, "count": count, "confusion": confusion}
 
 
 def error_table(rows):
     """Rows (model, view, metrics) as the paper's Table 3: top-1 and top-5 error in %."""
     lines = [f"{'model':<24}{'testing':<14}{'top-1 err.':>12}{'top-5 err.':>12}{'images':>9}"]
     for model, view, metrics in rows:
+        top5 = "-" if metrics["top5_error"] is None else f"{100 * metrics['top5_error']:.2f}"
         lines.append(
-            f"{model:<24}{VIEW_TITLES[view]:<14}{100 * metrics['top1_error']:>12.2f}{100 * metrics['top5_error']:>12.2f}"
-            f"{metrics['count']:>9}"
+            f"{model:<24}{VIEW_TITLES[view]:<14}{100 * metrics['top1_error']:>12.2f}{top5:>12}{metrics['count']:>9}"
         )
     return "\n".join(lines)
+
+
+def per_class_table(confusion, class_names=None):
+    """Per-class accuracy (correct / images of the class) and the confusion matrix, as text."""
+    names = [str(n) for n in (class_names or range(len(confusion)))]
+    width = max(8, *(len(n) + 2 for n in names))
+    totals = confusion.sum(axis=1)
+    lines = [f"{'class':<{width}}{'accuracy':>10}{'images':>8}"]
+    for i, name in enumerate(names):
+        accuracy = f"{100 * confusion[i, i] / totals[i]:.2f}%" if totals[i] else "-"
+        lines.append(f"{name:<{width}}{accuracy:>10}{totals[i]:>8}")
+    if len(names) <= 20:
+        lines.append("confusion (rows: true class, columns: predicted):")
+        lines.append(" " * width + "".join(f"{n[: width - 1]:>{width}}" for n in names))
+        lines += [f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row) for name, row in zip(names, confusion)]
+    return "\n".join(lines)
+
+
+def save_confusion_png(confusion, path, class_names=None, title="confusion matrix"):
+    """The confusion matrix as a PNG (rows true, columns predicted; each row as a fraction of
+    its class, the count written in each cell up to 30 classes); needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [str(n) for n in (class_names or range(len(confusion)))]
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.35 * len(names), 30)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(names)) if len(names) <= 60 else []
+    axes.set_xticks(list(ticks), [names[i] for i in ticks], rotation=90)
+    axes.set_yticks(list(ticks), [names[i] for i in ticks])
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    if len(names) <= 30:
+        for (i, j), count in np.ndenumerate(confusion):
+            axes.text(j, i, str(count), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import saved_run
+from keras_resnet.training import saved_run
 from keras_resnet.training import reporting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

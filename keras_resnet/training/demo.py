@@ -45,7 +45,7 @@ def _clear_previous_demo(model_dir):
     """A demo trains from scratch: remove an earlier demo's run dir, refuse anything else."""
     if not os.path.exists(model_dir):
         return
-    from keras_resnet import saved_run
+    from keras_resnet.training import saved_run
 
     config = saved_run.read_config(model_dir) if os.path.isdir(model_dir) else {}
     if config.get("dataset") != "digits":

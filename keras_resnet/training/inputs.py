@@ -49,11 +49,11 @@ def preprocessing(config):
     return "pixel_mean", None
 
 
-def eval_split(config, info):
-    """The split evaluations report: the held-out part of train with --val_split, the test
+def eval_split(val_split, info):
+    """The split evaluations report: the held-out part of train with val_split, the test
     set of in-memory sets, else the validation set (class folders: validation, else test,
     else None: no evaluation)."""
-    if config.val_split:
+    if val_split:
         return "validation"
     if info.small:
         return "test"
@@ -98,14 +98,14 @@ def _rgb(mean):
     return "(" + ", ".join(f"{v:.2f}" for v in np.ravel(mean)[:3]) + ")"
 
 
-def held_out_files(config, dataset):
-    """The files --val_split holds out of class folders, relative to --data_dir (else None)."""
+def held_out_files(data_dir, val_split):
+    """The files val_split holds out of class folders, relative to data_dir (else None)."""
     from keras_resnet import data
 
-    if not config.val_split or data.detect_source(config.data_dir) != "folders":
+    if not val_split or not data_dir or data.detect_source(data_dir) != "folders":
         return None
-    found = data.folder_split(config.data_dir, "validation", config.val_split)
-    return [os.path.relpath(path, config.data_dir) for path in found.paths]
+    found = data.folder_split(data_dir, "validation", val_split)
+    return [os.path.relpath(path, data_dir) for path in found.paths]
 
 
 def check_held_out(model_dir, files):
@@ -145,7 +145,7 @@ def make_inputs(config, report=print):
 
     dataset = dataset_name(config)
     info = data.dataset_info(dataset, config.data_dir, val_split=config.val_split)
-    held_out = held_out_files(config, dataset)
+    held_out = held_out_files(config.data_dir, config.val_split)
     check_held_out(config.model_dir, held_out)
     lines = data.describe(dataset, config.data_dir, val_split=config.val_split)
     mode, mean = preprocessing(config)
@@ -168,7 +168,7 @@ def make_inputs(config, report=print):
         image_size=config.image_size,
     )
     train_fn = data.make_input_fn(dataset, "train", config.batch_size, training=True, **common)
-    split = eval_split(config, info)
+    split = eval_split(config.val_split, info)
     eval_fn = data.make_input_fn(dataset, split, config.batch_size, training=False, **common) if split else None
     record_held_out(config.model_dir, held_out)
     for line in lines:

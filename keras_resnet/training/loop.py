@@ -20,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import saved_run
 from keras_resnet.training import config as config_lib
+from keras_resnet.training import saved_run
 from keras_resnet.training import schedules
 from keras_resnet.training import strategy as strategy_lib
 from keras_resnet.training.reporting import Reporter

@@ -36,7 +36,7 @@ def read_metrics(model_dir):
 def _truncate_metrics(model_dir, step):
     """Drop records past `step`: a resumed run repeats what a killed run logged after its
     last checkpoint, and the file should tell one history."""
-    from keras_resnet.saved_run import atomic_write_bytes
+    from keras_resnet.training.saved_run import atomic_write_bytes
 
     records = read_metrics(model_dir)
     kept = [r for r in records if r["step"] <= step]
