@@ -2,14 +2,19 @@
 
     import keras_resnet
     model = keras_resnet.ResNet152(weights=None)
+    model = keras_resnet.ResNet50(weights="resnet50.weights.h5")   # the network the file records
+    loaded = keras_resnet.load("runs/r56")   # model + record: preprocessing, class names, eval view
 
-Only `keras` is imported here, so models build on the TensorFlow, JAX and PyTorch backends;
-data, training and export import TensorFlow where they are used.
+Every network carries its record (`model.record`, see `keras_resnet.record`). Only `keras` is
+imported here, so models build on the TensorFlow, JAX and PyTorch backends; data, training
+and export import TensorFlow where they are used.
 """
 
+from keras_resnet import weights as _weights
 from keras_resnet.builders import (
     REGISTRY,
     CifarResNet,
+    Network,
     Plain18,
     Plain20,
     Plain32,
@@ -36,7 +41,13 @@ from keras_resnet.builders import (
     list_models,
 )
 from keras_resnet.flops import count_flops
+from keras_resnet.loading import Loaded, load
 from keras_resnet.preprocessing import decode_predictions, preprocess_input
+from keras_resnet.record import Record
 from keras_resnet.specs import NetSpec, cifar_spec, imagenet_spec
+from keras_resnet.training import saved_run as _saved_run
+
+# Run dirs are training's layout: training reads them for the builders' weights= argument.
+_weights.register_directory_reader(_saved_run.open_run)
 
 __version__ = "0.1.0"

@@ -8,21 +8,39 @@ classifier_activation, name`).
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 import sys
 
 import keras
 from keras import layers
 
 from keras_resnet import specs
+from keras_resnet import weights as weights_lib
 from keras_resnet.blocks import STEMS, BlockSettings, stage
+from keras_resnet.record import Architecture, Record
 
 POOLINGS = (None, "avg", "max")
 DEFAULT_CLASSES = {"imagenet": 1000, "cifar": 10}
 DEFAULT_SIZE = {"imagenet": 224, "cifar": 32}
 DEFAULT_SHORTCUT = {"imagenet": "B", "cifar": "A"}
+DEFAULT_BN_EPSILON = 1.001e-5
+DEFAULT_BN_MOMENTUM = 0.9
+# The builder arguments an Architecture records (beside the spec and residual).
+ARCHITECTURE_ARGS = (
+    "shortcut",
+    "stride_in",
+    "bn_epsilon",
+    "bn_momentum",
+    "classes",
+    "input_shape",
+    "include_top",
+    "pooling",
+    "classifier_activation",
+)
 
 
-def _validate(spec, residual, shortcut, stride_in, zero_init_residual, pooling, classes, input_shape):
+def _validate(spec, residual, shortcut, stride_in, zero_init_residual, pooling, classes, input_shape, bn):
     """Check every argument before any layer is made; messages name value and allowed ones."""
     if residual and shortcut not in specs.SHORTCUTS:
         raise ValueError(f"shortcut={shortcut!r} is not one of {specs.SHORTCUTS} (paper section 3.3)")
@@ -32,6 +50,11 @@ def _validate(spec, residual, shortcut, stride_in, zero_init_residual, pooling, 
         raise ValueError("zero_init_residual=True needs a residual net; a plain net would start dead")
     if stride_in not in specs.STRIDE_PLACEMENTS:
         raise ValueError(f"stride_in={stride_in!r} is not one of {specs.STRIDE_PLACEMENTS}")
+    momentum, epsilon = bn
+    if not _is_number(epsilon) or not epsilon > 0:
+        raise ValueError(f"bn_epsilon={epsilon!r} must be a number > 0 (it keeps BN from dividing by zero)")
+    if not _is_number(momentum) or not 0 <= momentum < 1:
+        raise ValueError(f"bn_momentum={momentum!r} must be a number with 0 <= bn_momentum < 1")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
@@ -44,6 +67,10 @@ def _validate(spec, residual, shortcut, stride_in, zero_init_residual, pooling, 
                 f"input_shape={tuple(input_shape)!r} is too small: this net reduces by "
                 f"{spec.downsampling}, so height and width must be >= {spec.downsampling} (or None)"
             )
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @contextlib.contextmanager
@@ -79,15 +106,38 @@ def _head(x, spec, include_top, pooling, classes, classifier_activation):
     return x
 
 
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class Network(keras.Model):
+    """A keras_resnet network: a Functional model carrying its `record` (a `record.Record`).
+
+    Its config is the record, so `model.save("x.keras")` stores what the network is and what
+    its weights expect, and loading the file rebuilds it from the record (keras-hub's
+    Functional-subclass backbones work the same way).
+    """
+
+    def __init__(self, inputs, outputs, record, name=None, **kwargs):
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self.record = record
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "record": self.record.to_json()}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        model = from_record(Record.from_json(config["record"]), name=config.get("name"))
+        model.trainable = config.get("trainable", True)
+        return model
+
+
 def build(
     spec,
     *,
     residual=True,
     shortcut=None,
-    stride_in="1x1",
+    stride_in=None,
     zero_init_residual=False,
-    bn_momentum=0.9,
-    bn_epsilon=1.001e-5,
+    bn_momentum=None,
+    bn_epsilon=None,
     kernel_initializer="he_normal",
     kernel_regularizer=None,
     include_top=True,
@@ -100,60 +150,135 @@ def build(
     return_features=False,
     name=None,
 ):
-    """Build the network of `spec` (a `specs.NetSpec`).
+    """Build the network of `spec` (a `specs.NetSpec`) as a `Network` carrying its record.
 
-    `residual=False` gives the plain net of the same stacks (section 4.1). `shortcut`
-    defaults to the paper's choice: B for ImageNet nets, A for CIFAR nets.
-    `return_features=True` (with include_top=False) returns a backbone whose outputs are
-    the dict {"C2": conv2_x, ..., "C5": conv5_x} used by detectors (section 4.3).
-    `weights` is None, "imagenet" or a path (see `keras_resnet.weights`).
+    `residual=False` gives the plain net of the same stacks (section 4.1). `weights` is None,
+    "imagenet" or a path (see `keras_resnet.weights`); the network the weights record is
+    rebuilt, so shortcut, stride_in, bn_epsilon, bn_momentum, classes and input_shape left
+    at None take the recorded values, and an explicit value the weights contradict is a
+    ValueError naming both. Without weights None means the paper's choice: shortcut B for
+    ImageNet nets and A for CIFAR nets, stride in the first 1x1, epsilon 1.001e-5 (as
+    keras.applications), momentum 0.9, 1000 / 10 classes, 224 / 32 pixels square.
+    `return_features=True` (with include_top=False) returns a backbone whose outputs are the
+    dict {"C2": conv2_x, ..., "C5": conv5_x} used by detectors (section 4.3).
     """
-    if shortcut is None and residual:
-        shortcut = DEFAULT_SHORTCUT[spec.stem]
-    classes = DEFAULT_CLASSES[spec.stem] if classes is None else classes
-    if input_shape is None:
-        size = DEFAULT_SIZE[spec.stem] if include_top else None
-        input_shape = (size, size, 3)
-    _validate(spec, residual, shortcut, stride_in, zero_init_residual, pooling, classes, tuple(input_shape))
     if return_features and include_top:
         raise ValueError("return_features=True builds a backbone without a head: pass include_top=False")
+    given = {
+        "shortcut": shortcut,
+        "stride_in": stride_in,
+        "bn_epsilon": bn_epsilon,
+        "bn_momentum": bn_momentum,
+        "classes": classes,
+        "input_shape": None if input_shape is None else tuple(input_shape),
+        "include_top": include_top,
+        "pooling": pooling,
+        "classifier_activation": classifier_activation,
+    }
+    source = None
     if weights is not None:
-        from keras_resnet import weights as weights_lib
-
-        source = weights_lib.resolve(
-            weights,
-            spec,
-            residual=residual,
-            shortcut=shortcut,
-            stride_in=stride_in,
-            bn_epsilon=bn_epsilon,
-            include_top=include_top,
-            classes=classes,
-        )
-
-    settings = BlockSettings(
-        residual=residual,
-        shortcut=shortcut,
-        stride_in=stride_in,
-        zero_init_residual=zero_init_residual,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        kernel_initializer=kernel_initializer,
-        kernel_regularizer=kernel_regularizer,
+        source = weights_lib.open_weights(weights, spec, residual, given)
+    architecture = architecture_of(spec, residual, source.record if source else None, **given)
+    _validate(
+        spec,
+        residual,
+        architecture.shortcut,
+        architecture.stride_in,
+        zero_init_residual,
+        pooling,
+        architecture.classes if include_top else (DEFAULT_CLASSES[spec.stem] if classes is None else classes),
+        architecture.input_shape,
+        (architecture.bn_momentum, architecture.bn_epsilon),
     )
-    inputs, user_tensor = _input(input_tensor, tuple(input_shape))
-    x = STEMS[spec.stem](inputs, settings)
-    features = {}
-    for index in range(len(spec.widths)):
-        x = stage(x, spec, index, settings)
-        features[f"C{index + 2}"] = x
-    outputs = features if return_features else _head(x, spec, include_top, pooling, classes, classifier_activation)
-    model_inputs = keras.utils.get_source_inputs(user_tensor) if user_tensor is not None else inputs
-    with _deep_graph_recursion(spec):
-        model = keras.Model(model_inputs, outputs, name=name or default_name(spec, residual))
-    if weights is not None:
-        weights_lib.load(model, source)
+    extras = {
+        "zero_init_residual": zero_init_residual,
+        "kernel_initializer": kernel_initializer,
+        "kernel_regularizer": kernel_regularizer,
+    }
+    record = _record_for(architecture, source.record if source else None)
+    model = _network(record, extras, input_tensor, return_features, name)
+    if source is not None:
+        source.load(model, from_record)
     return model
+
+
+def architecture_of(spec, residual, recorded=None, **given):
+    """The `Architecture` a builder call makes: the given arguments, else what the weights
+    record (`recorded`, a Record or None), else the defaults."""
+    found = recorded.architecture if recorded is not None else None
+    include_top = given.get("include_top", True)
+    keeps_head = include_top and found is not None and found.include_top
+
+    def pick(arg, default, recorded_here=found is not None):
+        if given.get(arg) is not None:
+            return given[arg]
+        if recorded_here and getattr(found, arg) is not None:
+            return getattr(found, arg)
+        return default
+
+    size = DEFAULT_SIZE[spec.stem] if include_top else None
+    return Architecture(
+        spec=spec,
+        residual=residual,
+        shortcut=pick("shortcut", DEFAULT_SHORTCUT[spec.stem]) if residual else given.get("shortcut"),
+        stride_in=pick("stride_in", "1x1"),
+        bn_epsilon=pick("bn_epsilon", DEFAULT_BN_EPSILON),
+        include_top=include_top,
+        classes=pick("classes", DEFAULT_CLASSES[spec.stem], keeps_head) if include_top else None,
+        bn_momentum=pick("bn_momentum", DEFAULT_BN_MOMENTUM),
+        pooling=given.get("pooling"),
+        classifier_activation=given.get("classifier_activation", "softmax") if include_top else None,
+        input_shape=tuple(pick("input_shape", (size, size, 3), keeps_head)),
+    )
+
+
+def _record_for(architecture, recorded):
+    """The record of a network built with `architecture` from weights that record `recorded`:
+    what the weights expect carries over; class names only while the same head is kept."""
+    if recorded is None:
+        return Record(architecture)
+    same_head = architecture.include_top and recorded.architecture.include_top
+    return recorded.replace(architecture=architecture, class_names=recorded.class_names if same_head else None)
+
+
+def from_record(record, *, input_tensor=None, return_features=False, name=None, **extras):
+    """A `Network` of `record`'s architecture carrying `record`, with fresh weights. `extras`:
+    zero_init_residual, kernel_initializer, kernel_regularizer (training settings the
+    record does not hold)."""
+    a = record.architecture
+    classes = a.classes if a.include_top else DEFAULT_CLASSES[a.spec.stem]
+    bn = (a.bn_momentum, a.bn_epsilon)
+    zero_init = extras.get("zero_init_residual", False)
+    _validate(a.spec, a.residual, a.shortcut, a.stride_in, zero_init, a.pooling, classes, a.input_shape, bn)
+    return _network(record, extras, input_tensor, return_features, name)
+
+
+def _network(record, extras, input_tensor, return_features, name):
+    """The layers of `record`'s architecture (blocks.py), wrapped as a Network."""
+    a = record.architecture
+    settings = BlockSettings(
+        residual=a.residual,
+        shortcut=a.shortcut,
+        stride_in=a.stride_in,
+        zero_init_residual=extras.get("zero_init_residual", False),
+        bn_momentum=a.bn_momentum,
+        bn_epsilon=a.bn_epsilon,
+        kernel_initializer=extras.get("kernel_initializer", "he_normal"),
+        kernel_regularizer=extras.get("kernel_regularizer"),
+    )
+    inputs, user_tensor = _input(input_tensor, tuple(a.input_shape))
+    x = STEMS[a.spec.stem](inputs, settings)
+    features = {}
+    for index in range(len(a.spec.widths)):
+        x = stage(x, a.spec, index, settings)
+        features[f"C{index + 2}"] = x
+    if return_features:
+        outputs = features
+    else:
+        outputs = _head(x, a.spec, a.include_top, a.pooling, a.classes, a.classifier_activation)
+    model_inputs = keras.utils.get_source_inputs(user_tensor) if user_tensor is not None else inputs
+    with _deep_graph_recursion(a.spec):
+        return Network(model_inputs, outputs, record, name=name or a.name)
 
 
 def default_name(spec, residual):
@@ -162,6 +287,30 @@ def default_name(spec, residual):
 
 
 REGISTRY = {}
+_BUILD_SIGNATURE = inspect.signature(build)
+# keras.applications' arguments first, in its order and with its defaults (weights excepted:
+# None, as nothing is downloaded unasked), then keras_resnet's own, keyword-only.
+_APPLICATIONS_ARGS = (
+    "include_top",
+    "weights",
+    "input_tensor",
+    "input_shape",
+    "pooling",
+    "classes",
+    "classifier_activation",
+    "name",
+)
+
+
+def _builder_signature():
+    """The public builders' signature: keras.applications' arguments, then keras_resnet's."""
+    params = _BUILD_SIGNATURE.parameters
+    positional = [params[arg].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for arg in _APPLICATIONS_ARGS]
+    own = [p for arg, p in params.items() if arg not in _APPLICATIONS_ARGS and arg not in ("spec", "residual")]
+    return inspect.Signature(positional + own, return_annotation=_BUILD_SIGNATURE.return_annotation)
+
+
+BUILDER_SIGNATURE = _builder_signature()
 
 
 def _register(spec, residual, family):
@@ -170,14 +319,17 @@ def _register(spec, residual, family):
     kind = "ResNet" if residual else "Plain"
     public_name = f"{kind}{spec.depth}"
 
-    def builder(**kwargs):
-        return build(spec, residual=residual, **kwargs)
+    def builder(*args, **kwargs):
+        bound = BUILDER_SIGNATURE.bind(*args, **kwargs)
+        return build(spec, residual=residual, **bound.arguments)
 
     builder.__name__ = builder.__qualname__ = public_name
+    builder.__signature__ = BUILDER_SIGNATURE
     builder.__doc__ = (
         f"{kind}-{spec.depth} ({family}; {spec.block} blocks {spec.blocks_per_stage}"
-        f"{', shortcut ' + shortcut_default + ' by default' if residual else ', no shortcuts'}). "
-        "Takes the arguments of `keras_resnet.build`."
+        f"{', shortcut ' + shortcut_default + ' by default' if residual else ', no shortcuts'}).\n\n"
+        "Arguments as keras.applications.ResNet50 (weights: None, 'imagenet' or a path), then "
+        "keras_resnet's own; see `keras_resnet.build` for their meaning.\n"
     )
     builder.spec = spec
     builder.residual = residual

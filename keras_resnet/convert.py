@@ -5,10 +5,11 @@
 The depth (18, 34, 50, 101, 152) is read from the state dict; `--depth` makes a wrong one an
 error. torchvision's ResNet-50/101/152 stride in the 3x3 conv ("v1.5"), so they load into
 `stride_in="3x3"`; its BatchNorm epsilon is 1e-5. The output is keras_resnet's `.weights.h5`
-whose metadata records both and preprocessing mode "torch" (see `keras_resnet.weights`):
+whose record (see `keras_resnet.record`) says both, preprocessing mode "torch", ImageNet's
+class names, and, for torchvision's published files (recognised by their file names,
+`keras_resnet.published`), their evaluation view and reported accuracy:
 
-    path = "resnet50.weights.h5"
-    model = keras_resnet.ResNet50(weights=path, **keras_resnet.weights.build_kwargs(path))
+    model = keras_resnet.ResNet50(weights="resnet50.weights.h5")   # the v1.5 net, no other argument
 
 torch is needed only to read the `.pth` file (`pip install keras-resnet[interop]`).
 """
@@ -22,10 +23,12 @@ import sys
 
 import numpy as np
 
-from keras_resnet import specs, weights
+from keras_resnet import published, specs, weights
 from keras_resnet.builders import build
+from keras_resnet.record import Record
 
 TORCHVISION_BN_EPSILON = 1e-5
+TORCHVISION_CROP = 224
 SOURCES = ("torchvision",)
 
 _BLOCK_MODULE = re.compile(r"layer(\d)\.(\d+)\.(?:(conv|bn)(\d)|downsample\.([01]))")
@@ -103,10 +106,27 @@ def convert_torchvision(state_dict, depth=None):
         stride_in="3x3" if spec.block == "bottleneck" else "1x1",
         bn_epsilon=TORCHVISION_BN_EPSILON,
         classes=int(np.shape(state_dict["fc.weight"])[0]),
-        input_shape=(None, None, 3),
+        input_shape=(TORCHVISION_CROP, TORCHVISION_CROP, 3),
     )
     weights.assign(model, torchvision_arrays(state_dict), "torchvision state dict")
     return model, found
+
+
+def torchvision_record(architecture, file_name):
+    """The record of converted torchvision weights: a published file's entry (evaluation view,
+    accuracy, recipe) when `file_name` is one, else preprocessing "torch" and the file's name."""
+    entry = published.by_file_name(file_name)
+    if entry is not None and entry.depth == architecture.spec.depth:
+        return weights.published_record(entry, architecture=architecture)
+    names = weights.imagenet_class_names() if architecture.classes == 1000 else None
+    return Record(architecture, preprocess_mode="torch", class_names=names, weights={"source": file_name})
+
+
+def save_converted(model, path, file_name):
+    """Write a converted model as keras_resnet's `.weights.h5` with its torchvision record."""
+    model.record = torchvision_record(model.record.architecture, file_name)
+    weights.save(model, path)
+    return model.record
 
 
 def read_torch_state_dict(path):
@@ -129,9 +149,10 @@ def main(argv=None):
     if not args.output.endswith(".weights.h5"):
         parser.error(f"output={args.output!r} must end in .weights.h5")
     model, depth = convert_torchvision(read_torch_state_dict(args.input), args.depth)
-    weights.save(model, args.output, "torch", source=f"torchvision resnet{depth}: {os.path.basename(args.input)}")
+    record = save_converted(model, args.output, os.path.basename(args.input))
     parameters = sum(int(np.prod(variable.shape)) for variable in model.trainable_weights)
-    print(f"wrote ResNet-{depth} ({parameters:,} parameters) to {args.output}; preprocessing mode 'torch'")
+    known = f"; published weights {record.weights['name']}" if record.weights.get("name") else ""
+    print(f"wrote ResNet-{depth} ({parameters:,} parameters) to {args.output}; preprocessing mode 'torch'{known}")
 
 
 if __name__ == "__main__":

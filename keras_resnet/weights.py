@@ -1,4 +1,4 @@
-"""Weight sources for the builders, checked against the requested network before it is built.
+"""Weight sources for the builders, each read with the record of the network it holds.
 
     weights=None              random initialisation (He et al., section 3.4)
     weights="imagenet"        ResNet50/101/152 (v1: shortcut B, stride in the first 1x1): the
@@ -8,33 +8,32 @@
     weights="x.h5"            such a keras.applications file (legacy Keras h5) given by path
     weights="x.weights.h5"    keras_resnet's own weights file (`save`, `keras_resnet.convert`)
     weights="x.keras"         a saved keras_resnet model
-    weights="<dir>"           a training run dir (config.json + checkpoints/, `saved_run`)
+    weights="<dir>"           a training run dir (read by `keras_resnet.training.saved_run`)
+
+Every source says what it holds as a `keras_resnet.record.Record`: the published files by the
+`published` table (caffe preprocessing, ImageNet's classes), keras_resnet's files by the record
+they carry, a run dir by its config. A builder given `weights` rebuilds that network.
 
 keras.applications' convs carry a bias, keras_resnet's do not: a conv `Wx + b` followed by BN
 equals the conv `Wx` followed by the same BN with moving mean `mean - b`, so the bias is folded.
 
-Metadata of keras_resnet's `.weights.h5`: Keras' own weights file with one root attribute
-"keras_resnet", a JSON object
-
-    {"format": 1,
-     "architecture": {"block", "blocks_per_stage", "widths", "stem", "residual", "shortcut",
-                      "stride_in", "bn_epsilon", "include_top", "classes"},
-     "preprocessing": {"mode": "caffe" | "torch" | "tf"},
-     "source": "where the weights came from"}
-
-A `.weights.h5` without it (plain `model.save_weights`) loads with Keras' own checks only.
+keras_resnet's `.weights.h5` is Keras' own weights file with one root attribute "keras_resnet":
+the record's JSON text (`Record.to_text`). A `.weights.h5` without it (plain
+`model.save_weights`) loads with Keras' own checks into the network the arguments describe.
 
 The published files are the `IMAGENET_FILES` table, keyed by (depth, include_top): file name,
 address and hash (md5) exactly as keras.applications has them. A cached file whose hash differs is an
 error (it is neither used, nor deleted, nor downloaded over); `KERAS_RESNET_OFFLINE=1` forbids
 downloading; `KERAS_HOME` is read at call time. Tests and mirrors may replace table entries.
+
+    python -m keras_resnet.weights --list     # the published weights and their figures
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import math
 import os
 import tempfile
 
@@ -46,12 +45,11 @@ from keras.src.backend.config import keras_home
 from keras.src.legacy.saving.legacy_h5_format import load_attributes_from_hdf5_group
 from keras.src.utils.file_utils import hash_file
 
-from keras_resnet import saved_run, specs
-from keras_resnet.builders import build, default_name
-from keras_resnet.preprocessing import MODES
+from keras_resnet import published, specs
+from keras_resnet.preprocessing import imagenet_classes
+from keras_resnet.record import Architecture, Record, check_preprocessing, contradictions
 
 METADATA_ATTR = "keras_resnet"
-FORMAT_VERSION = 1
 OFFLINE_ENV = "KERAS_RESNET_OFFLINE"
 PUBLISHED_DEPTHS = (50, 101, 152)
 # What keras.applications' ResNet v1 builds: the architecture its files hold.
@@ -59,7 +57,6 @@ KERAS_APPLICATIONS_STRIDE_IN = "1x1"
 KERAS_APPLICATIONS_BN_EPSILON = 1.001e-5
 # Builder arguments a weights file fixes beyond the spec, and which `build_kwargs` returns.
 BUILD_ARGS = ("shortcut", "stride_in", "bn_epsilon")
-FILE_MODES = tuple(mode for mode in MODES if mode != "pixel_mean")
 PATH_KINDS = "a keras.applications .h5 file, a keras_resnet .weights.h5 or .keras file, or a training run dir"
 
 
@@ -85,44 +82,6 @@ def _published_files():
 IMAGENET_FILES = _published_files()
 
 
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-    """What a set of weights fits: the spec plus the builder arguments that shape the weights."""
-
-    spec: specs.NetSpec
-    residual: bool
-    shortcut: str | None
-    stride_in: str
-    bn_epsilon: float
-    include_top: bool
-    classes: int | None
-
-    @property
-    def name(self):
-        return default_name(self.spec, self.residual)
-
-    def to_json(self):
-        fields = dataclasses.asdict(self)
-        return {**fields.pop("spec"), **fields}
-
-    @classmethod
-    def from_json(cls, data):
-        spec = specs.NetSpec(data["block"], tuple(data["blocks_per_stage"]), tuple(data["widths"]), data["stem"])
-        rest = {field.name: data[field.name] for field in dataclasses.fields(cls) if field.name != "spec"}
-        return cls(spec=spec, **rest)
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """Weights checked against a request: where from, what they fit, and their values by layer
-    and variable name (None for a `.weights.h5` without metadata, which Keras loads itself)."""
-
-    weights: object
-    path: str
-    architecture: Architecture | None
-    arrays: dict | None
-
-
 def published_architecture(depth, include_top):
     """The network a keras.applications ResNet v1 file of this depth holds."""
     return Architecture(
@@ -133,84 +92,112 @@ def published_architecture(depth, include_top):
         KERAS_APPLICATIONS_BN_EPSILON,
         include_top,
         1000 if include_top else None,
+        input_shape=(224, 224, 3) if include_top else (None, None, 3),
     )
 
 
-def resolve(weights, spec, *, residual, shortcut, stride_in, bn_epsilon, include_top, classes):
-    """Check `weights` against the requested network, then read them; nothing is built before
-    the check except the model a run dir or .keras file holds."""
-    head = classes if include_top else None
-    requested = Architecture(spec, residual, shortcut, stride_in, bn_epsilon, include_top, head)
+def imagenet_class_names():
+    """ImageNet's 1,000 classes in output order, by their first WordNet synonym ("tench")."""
+    return tuple(synonyms.split(", ")[0] for _, synonyms in imagenet_classes())
+
+
+def published_record(entry, include_top=True, architecture=None):
+    """The record of a published entry (`published.PublishedWeights`): caffe or torch
+    preprocessing, ImageNet's classes, the publisher's evaluation view and figures."""
+    return Record(
+        architecture or published_architecture(entry.depth, include_top),
+        preprocess_mode=entry.preprocess_mode,
+        class_names=imagenet_class_names() if include_top else None,
+        eval_resize=entry.eval_resize,
+        eval_crop=entry.eval_crop,
+        weights=entry.meta(),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Weights checked against a request: what they were given as, the record of what they
+    hold (None for a `.weights.h5` without one, which Keras loads itself), and their reader.
+
+    `read(build)` returns {layer: {variable: value}} (None: let Keras load `path`); `build`
+    makes a model from a record, for files whose values load only into their own network.
+    """
+
+    weights: object
+    record: Record | None
+    read: object
+    path: str | None = None
+
+    def load(self, model, build):
+        """Set `model`'s weights from this source."""
+        arrays = self.read(build)
+        if arrays is None:
+            model.load_weights(self.path)
+        else:
+            assign(model, arrays, self.weights)
+        return model
+
+
+def open_weights(weights, spec, residual, given):
+    """The Source of `weights` for a request of `spec` (residual or plain) with the explicit
+    builder arguments `given`; a ValueError before anything is built or downloaded where the
+    weights hold another network or contradict an argument."""
+    include_top = given.get("include_top", True)
     if weights == "imagenet":
-        depth = _published_depth(requested)
-        _check_fits(weights, requested, published_architecture(depth, include_top))
-        path = fetch_imagenet(depth, include_top)
-    else:
-        path = _existing_path(weights)
-    found, read_arrays = _OPENERS[_kind(path)](path)
-    if found is not None:
-        _check_fits(weights, requested, found)
-    return Source(weights, path, found, read_arrays())
+        depth = _published_depth(spec, residual)
+        record = published_record(published.keras_applications(depth), include_top)
+        _check_fits(weights, record, spec, residual, given)
+        return Source(weights, record, lambda build: _read_keras_applications(fetch_imagenet(depth, include_top))[1])
+    path = _existing_path(weights)
+    record, read = _OPENERS[_kind(path)](path)
+    if record is not None:
+        _check_fits(weights, record, spec, residual, given)
+    return Source(weights, record, read, path)
 
 
-def load(model, source):
-    """Set `model`'s weights from a resolved `Source`."""
-    if source.arrays is None:
-        model.load_weights(source.path)
-    else:
-        assign(model, source.arrays, source.weights)
-    return model
+def read_record(weights):
+    """(Record or None, reader) of the weights at a path: what `keras_resnet.load` rebuilds."""
+    path = _existing_path(weights)
+    return _OPENERS[_kind(path)](path)
 
 
-def _published_depth(requested):
+def _published_depth(spec, residual):
     """The depth of the published file for this request, or a ValueError naming what exists."""
     for depth in PUBLISHED_DEPTHS:
-        if requested.residual and requested.spec == specs.imagenet_spec(depth):
+        if residual and spec == specs.imagenet_spec(depth):
             return depth
+    name = f"{'resnet' if residual else 'plain'}{spec.depth}"
     raise ValueError(
         f"weights='imagenet' is published only for ResNet50, ResNet101 and ResNet152 (keras.applications' "
-        f"files of the paper's models), not for {requested.name} ({requested.spec.stem}, {requested.spec.block} "
-        f"blocks {requested.spec.blocks_per_stage}); for ResNet-18/34 convert torchvision's weights: "
+        f"files of the paper's models), not for {name} ({spec.stem}, {spec.block} "
+        f"blocks {spec.blocks_per_stage}); for ResNet-18/34 convert torchvision's weights: "
         "python -m keras_resnet.convert torchvision resnet34.pth resnet34.weights.h5"
     )
 
 
-def _check_fits(weights, requested, found):
+def _check_fits(weights, record, spec, residual, given):
     """ValueError naming each way the weights differ from the requested network, and the fix."""
-    if (found.spec, found.residual) != (requested.spec, requested.residual):
+    found = record.architecture
+    requested_name = f"{'resnet' if residual else 'plain'}{spec.depth}"
+    if (found.spec, found.residual) != (spec, residual):
         raise ValueError(
             f"weights={weights!r} hold a {found.name} ({found.spec.block} blocks {found.spec.blocks_per_stage}, "
-            f"widths {found.spec.widths}), not a {requested.name} ({requested.spec.block} blocks "
-            f"{requested.spec.blocks_per_stage}, widths {requested.spec.widths})"
+            f"widths {found.spec.widths}), not a {requested_name} ({spec.block} blocks "
+            f"{spec.blocks_per_stage}, widths {spec.widths})"
         )
-    differ = [
-        arg
-        for arg in BUILD_ARGS
-        if not (arg == "stride_in" and found.spec.block == "basic")
-        and not _same(getattr(found, arg), getattr(requested, arg))
-    ]
-    if differ:
-        wanted = ", ".join(f"{arg}={getattr(found, arg)!r}" for arg in differ)
-        given = ", ".join(f"{arg}={getattr(requested, arg)!r}" for arg in differ)
-        raise ValueError(
-            f"weights={weights!r} were made for {wanted}, but the model is built with {given}: pass "
-            f"{wanted} (keras_resnet.weights.build_kwargs(weights) gives them)"
-        )
-    if requested.include_top and not found.include_top:
+    if given.get("include_top", True) and not found.include_top:
         raise ValueError(f"weights={weights!r} hold no classifier head: pass include_top=False")
-    if requested.include_top and found.classes != requested.classes:
+    differ = contradictions(found, given)
+    if differ:
+        recorded = ", ".join(f"{arg}={value!r}" for arg, value, _ in differ)
+        asked = ", ".join(f"{arg}={value!r}" for arg, _, value in differ)
+        hint = ""
+        if any(arg == "classes" for arg, _, _ in differ):
+            hint = " (for another head: include_top=False, then keras_resnet.finetune.with_new_head)"
         raise ValueError(
-            f"classes={requested.classes} with include_top=True, but the head of weights={weights!r} has "
-            f"{found.classes} classes: pass classes={found.classes}, or include_top=False and add a new head "
-            "with keras_resnet.finetune.with_new_head"
+            f"weights={weights!r} record {recorded}, but {asked} was given: leave {'it' if len(differ) == 1 else 'them'} "
+            f"out to get the network the weights were made for{hint}"
         )
-
-
-def _same(a, b):
-    """Equality, with floats (bn_epsilon) compared to within a JSON round trip."""
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9)
-    return a == b
 
 
 def cache_dir():
@@ -272,72 +259,89 @@ def _kind(path):
     raise ValueError(f"weights={path!r} is not {PATH_KINDS} (by its name)")
 
 
-# Each opener: path -> (Architecture or None, function reading the arrays).
+# Each opener: path -> (Record or None, read(build) -> arrays or None).
 def _open_weights_h5(path):
-    """keras_resnet's own file: its metadata now, its values later through a model of that architecture."""
-    metadata = read_metadata(path)
-    if metadata is None:
-        return None, lambda: None
-    architecture = Architecture.from_json(metadata["architecture"])
+    """keras_resnet's own file: its record now, its values later through a model of that architecture."""
+    record = read_file_record(path)
+    if record is None:
+        return None, lambda build: None
 
-    def read_arrays():
-        model = _build(architecture)
+    def read(build):
+        anywhere = dataclasses.replace(record.architecture, input_shape=(None, None, 3))
+        model = build(record.replace(architecture=anywhere))
         model.load_weights(path)
-        return _model_arrays(model)
+        return model_arrays(model)
 
-    return architecture, read_arrays
+    return record, read
 
 
 def _open_keras_applications(path):
     names, arrays = _read_keras_applications(path)
-    return _keras_applications_architecture(path, names, arrays), lambda: arrays
-
-
-def _open_run_dir(path):
-    model, _ = saved_run.restore_model(path)
-    return describe(model), lambda: _model_arrays(model)
+    architecture = _keras_applications_architecture(path, names, arrays)
+    depth = architecture.spec.depth
+    if depth in PUBLISHED_DEPTHS and architecture.classes in (None, 1000):
+        record = published_record(published.keras_applications(depth), architecture.include_top, architecture)
+    else:
+        record = Record(architecture, preprocess_mode="caffe")
+    return record, lambda build: arrays
 
 
 def _open_keras(path):
     model = keras.saving.load_model(path, compile=False)
-    return describe(model), lambda: _model_arrays(model)
+    record = getattr(model, "record", None) or Record(describe(model))
+    return record, lambda build: model_arrays(model)
+
+
+_DIRECTORY_READERS = []
+
+
+def register_directory_reader(reader):
+    """Let builders read directories through `reader(path) -> (Record, read(build))`, which
+    raises ValueError for a directory it does not know. Training registers its run dirs (the
+    model layer knows no directory layout)."""
+    if reader not in _DIRECTORY_READERS:
+        _DIRECTORY_READERS.append(reader)
+
+
+def _open_directory(path):
+    if not _DIRECTORY_READERS:
+        raise ValueError(f"weights={path!r} is a directory, and no reader of directories is registered")
+    errors = []
+    for reader in _DIRECTORY_READERS:
+        try:
+            return reader(path)
+        except ValueError as error:
+            errors.append(str(error))
+    raise ValueError("; ".join(errors))
 
 
 _OPENERS = {
     "weights_h5": _open_weights_h5,
     "legacy_h5": _open_keras_applications,
-    "run_dir": _open_run_dir,
+    "run_dir": _open_directory,
     "keras": _open_keras,
 }
 
 
 def read_metadata(path):
-    """The metadata dict of a keras_resnet `.weights.h5`, or None for a file without it."""
+    """The record JSON object of a keras_resnet `.weights.h5`, or None for a file without it."""
     with h5py.File(path, "r") as f:
         text = f.attrs.get(METADATA_ATTR)
     if text is None:
         return None
     metadata = json.loads(text)
-    if metadata.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path!r}: metadata format {metadata.get('format')!r} is not {FORMAT_VERSION}")
+    if metadata.get("format") not in (1, 2):
+        raise ValueError(f"{path!r}: metadata format {metadata.get('format')!r} is not 1 or 2")
     return metadata
 
 
-def _build(architecture):
-    """A model of `architecture` with random weights, any input size."""
-    return build(
-        architecture.spec,
-        residual=architecture.residual,
-        shortcut=architecture.shortcut,
-        stride_in=architecture.stride_in,
-        bn_epsilon=architecture.bn_epsilon,
-        include_top=architecture.include_top,
-        classes=architecture.classes,
-        input_shape=(None, None, 3),
-    )
+def read_file_record(path):
+    """The Record of a keras_resnet `.weights.h5`, or None for a file without one."""
+    metadata = read_metadata(path)
+    return None if metadata is None else Record.from_json(metadata)
 
 
-def _model_arrays(model):
+def model_arrays(model):
     """{layer name: {variable name: value}} of a built model."""
     return {
         layer.name: {variable.name: variable.numpy() for variable in layer.weights}
@@ -422,6 +426,7 @@ def _keras_applications_architecture(path, names, arrays):
         KERAS_APPLICATIONS_BN_EPSILON,
         include_top,
         int(arrays["predictions"]["kernel"].shape[-1]) if include_top else None,
+        input_shape=(224, 224, 3) if include_top else (None, None, 3),
     )
 
 
@@ -455,6 +460,8 @@ def describe(model):
     residual = any(name.endswith("_add") for name in names)
     strided_3x3 = block == "bottleneck" and len(blocks) > 1 and model.get_layer("conv3_block1_1_conv").strides == (1, 1)
     include_top = "predictions" in names
+    head = model.get_layer("predictions") if include_top else None
+    pooling = {"avg_pool": "avg", "max_pool": "max"}
     return Architecture(
         specs.NetSpec(block, blocks, widths, "imagenet" if "pool1_pool" in names else "cifar"),
         residual,
@@ -462,60 +469,91 @@ def describe(model):
         "3x3" if strided_3x3 else "1x1",
         float(model.get_layer("conv1_bn").epsilon),
         include_top,
-        model.get_layer("predictions").units if include_top else None,
+        head.units if include_top else None,
+        bn_momentum=float(model.get_layer("conv1_bn").momentum),
+        pooling=None if include_top else next((pooling[n] for n in pooling if n in names), None),
+        classifier_activation=keras.activations.serialize(head.activation) if include_top else None,
+        input_shape=tuple(model.input_shape[1:]),
     )
 
 
-def save(model, path, preprocessing_mode, source=""):
-    """Write `model`'s weights as keras_resnet's `.weights.h5`: Keras' file plus the metadata."""
+def save(model, path, preprocessing_mode=None, source=None, *, mean=None):
+    """Write `model`'s weights as keras_resnet's `.weights.h5`: Keras' file plus the record.
+
+    The record is the model's own (a keras_resnet Network); `preprocessing_mode` (and `mean`)
+    are needed only where it records none, and may not contradict it. `source` says where the
+    weights came from, when the record does not say it already.
+    """
     if not str(path).endswith(".weights.h5"):
         raise ValueError(f"path={path!r} must end in .weights.h5")
-    if preprocessing_mode not in FILE_MODES:
-        raise ValueError(
-            f"preprocessing_mode={preprocessing_mode!r} is not one of {FILE_MODES} "
-            "(a weights file carries no mean image)"
-        )
-    metadata = {
-        "format": FORMAT_VERSION,
-        "architecture": describe(model).to_json(),
-        "preprocessing": {"mode": preprocessing_mode},
-        "source": source,
-    }
+    record = getattr(model, "record", None) or Record(describe(model))
+    mode, mean = check_preprocessing(record, preprocessing_mode, mean, where=f"model {model.name!r}")
+    record = record.replace(preprocess_mode=mode, mean=mean)
+    if source and not record.weights:
+        record = record.replace(weights={"source": source})
     with tempfile.TemporaryDirectory() as tmp:
         staged = os.path.join(tmp, "staged.weights.h5")
         model.save_weights(staged)
         with h5py.File(staged, "a") as f:
-            f.attrs[METADATA_ATTR] = json.dumps(metadata)
+            f.attrs[METADATA_ATTR] = record.to_text()
         with open(staged, "rb") as f:
-            saved_run.atomic_write_bytes(path, f.read())
+            _atomic_write_bytes(path, f.read())
+
+
+def _atomic_write_bytes(path, data):
+    """Write `data` to `path` through a temporary file and a rename: never half-written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def recorded(weights):
+    """The Record of `weights` (None, "imagenet" or a path) without loading its values; None
+    where nothing is recorded (a plain `model.save_weights` file)."""
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        return published_record(published.keras_applications(50))
+    record, _ = read_record(weights)
+    return record
 
 
 def build_kwargs(weights):
-    """The builder arguments (shortcut, stride_in, bn_epsilon) the weights were made with, so
-    that `ResNet50(weights=w, **build_kwargs(w))` loads them; {} where the defaults fit."""
+    """The builder arguments (shortcut, stride_in, bn_epsilon) the weights were made with.
+    Builders take them from the weights themselves; this serves code that builds a network
+    of that kind without loading the weights."""
     if weights is None or weights == "imagenet":
         return {}
-    path = _existing_path(weights)
-    kind = _kind(path)
-    if kind == "run_dir":
-        model_kwargs = saved_run.read_config(path).get("model_kwargs", {})
-        return {arg: model_kwargs[arg] for arg in BUILD_ARGS if arg in model_kwargs}
-    found, _ = _OPENERS[kind](path)
-    return {} if found is None else {arg: getattr(found, arg) for arg in BUILD_ARGS}
+    record = recorded(weights)
+    return {} if record is None else {arg: getattr(record.architecture, arg) for arg in BUILD_ARGS}
 
 
 def preprocessing(weights):
-    """(mode, mean) of `preprocess_input` the weights expect: caffe for the published files,
-    the recorded mode for keras_resnet files and run dirs; (None, None) where nothing says."""
-    if weights is None:
+    """(mode, mean) of `preprocess_input` the weights expect; (None, None) where nothing says."""
+    record = recorded(weights)
+    if record is None:
         return None, None
-    if weights == "imagenet":
-        return "caffe", None
-    path = _existing_path(weights)
-    kind = _kind(path)
-    if kind == "legacy_h5":
-        return "caffe", None
-    if kind == "run_dir":
-        return saved_run.preprocessing(path, saved_run.read_config(path))
-    metadata = read_metadata(path) if kind == "weights_h5" else None
-    return (None if metadata is None else metadata["preprocessing"]["mode"]), None
+    return record.preprocess_mode, record.mean
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m keras_resnet.weights", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="print the published weights and their figures")
+    parser.add_argument("--show", metavar="PATH", help="print the record of a weights file, .keras file or run dir")
+    args = parser.parse_args(argv)
+    if args.show:
+        record = recorded(args.show)
+        print("null" if record is None else json.dumps(record.to_json(), indent=2))
+    if args.list or not args.show:
+        print(published.table())
+
+
+if __name__ == "__main__":
+    main()

@@ -87,7 +87,7 @@ def converted(tmp_path_factory):
 def test_converted_model_equals_torchvision(converted, depth, rel_diff):
     reference, path, _ = converted[depth]
     model = getattr(keras_resnet, f"ResNet{depth}")(
-        weights=path, input_shape=(SIZE, SIZE, 3), classifier_activation=None, **weights.build_kwargs(path)
+        weights=path, input_shape=(SIZE, SIZE, 3), classifier_activation=None
     )
     x = np.random.default_rng(depth).normal(0.0, 1.0, (2, SIZE, SIZE, 3)).astype("float32")
     with torch.no_grad():
@@ -103,8 +103,9 @@ def test_metadata_of_a_converted_file(converted):
     _, path, _ = converted[50]
     assert weights.preprocessing(path) == ("torch", None)
     assert weights.build_kwargs(path) == {"shortcut": "B", "stride_in": "3x3", "bn_epsilon": 1e-5}
-    with pytest.raises(ValueError, match="stride_in='3x3'"):
-        keras_resnet.ResNet50(weights=path)
+    assert keras_resnet.ResNet50(weights=path).record.architecture.stride_in == "3x3"
+    with pytest.raises(ValueError, match="stride_in='3x3'.*stride_in='1x1'"):
+        keras_resnet.ResNet50(weights=path, stride_in="1x1")
 
 
 @needs_torch

@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet
-from keras_resnet import saved_run
 from keras_resnet.data import load_arrays
 from keras_resnet.export import export_run
 from keras_resnet.preprocessing import preprocess_input
+from keras_resnet.training import saved_run
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_resnet
-from keras_resnet import saved_run
 from keras_resnet.export import saved_model, sources, verify
 from keras_resnet.preprocessing import preprocess_input
+from keras_resnet.training import saved_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASS_NAMES = [f"digit {i}" for i in range(10)]

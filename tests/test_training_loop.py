@@ -16,9 +16,9 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_resnet
-from keras_resnet import data, evaluation, saved_run
+from keras_resnet import data, evaluation
 from keras_resnet.preprocessing import preprocess_input
-from keras_resnet.training import loop, reporting
+from keras_resnet.training import loop, reporting, saved_run
 from keras_resnet.training.config import recipe, validate
 from keras_resnet.training.inputs import Inputs
 from keras_resnet.training.strategy import make_strategy, parse_tf_config
@@ -335,3 +335,64 @@ def test_tf_config_is_checked_before_a_multi_worker_start(tmp_path, monkeypatch)
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(ValueError, match="reads TF_CONFIG, which is not set"):
         make_strategy("multi_worker")
+
+
+STEPS_PER_LOOP = """
+import sys
+import numpy as np
+from keras_resnet.training import loop
+from keras_resnet.training.config import recipe
+
+for steps_per_loop in (1, 4):
+    result = loop.train(recipe(
+        "cifar", model="resnet20", dataset="digits", model_dir=f"{sys.argv[1]}/n{steps_per_loop}", batch_size=16,
+        train_steps=12, seed=0, deterministic=True, steps_per_loop=steps_per_loop, checkpoint_interval=12,
+        log_interval=12, eval_interval=0, lr_boundaries=(6,), warmup_epochs=0.05, error_warmup=True,
+        error_warmup_threshold=0.85))
+    np.savez(f"{sys.argv[1]}/n{steps_per_loop}.npz", *result.model.get_weights())
+"""
+
+
+def test_steps_per_loop_4_gives_the_weights_of_one_iteration_per_call(tmp_path):
+    """12 iterations with --deterministic, the learning rate computed in the graph through a
+    linear warm-up (4 iterations), ResNet-110's error warm-up and a step boundary at 6."""
+    script = tmp_path / "loops.py"
+    script.write_text(STEPS_PER_LOOP)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = []
+    for n in (1, 4):
+        with np.load(tmp_path / f"n{n}.npz") as saved:
+            loaded.append([saved[f"arr_{i}"] for i in range(len(saved.files))])
+    for a, b in zip(*loaded):
+        assert np.linalg.norm(a - b) <= 1e-6 * max(np.linalg.norm(b), 1e-12)
+    lrs = [[r["lr"] for r in reporting.read_metrics(str(tmp_path / f"n{n}"))] for n in (1, 4)]
+    assert lrs[0] == lrs[1] == [pytest.approx(0.01)]  # the error warm-up's rate at the last step
+
+
+def test_synthetic_data_trains_on_one_batch_without_reading_data(tmp_path, capsys):
+    """--synthetic_data on cifar10 with no data dir (nothing to read offline): the run memorises
+    its one fixed batch."""
+    config = digits_config(
+        tmp_path / "synthetic",
+        dataset="cifar10",
+        synthetic_data=True,
+        batch_size=16,
+        train_steps=40,
+        log_interval=10,
+        checkpoint_interval=40,
+        lr_boundaries=(),
+        learning_rate=0.05,
+    )
+    result = loop.train(config)
+    assert "resnet20 on synthetic data (one batch on the device)" in capsys.readouterr().out
+    records = [r for r in reporting.read_metrics(result.model_dir) if r["split"] == "train"]
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert records[-1]["top1_error"] < records[0]["top1_error"] and records[-1]["loss"] < records[0]["loss"] / 2
+    assert result.eval is None and saved_run.read_config(result.model_dir)["synthetic_data"] is True

@@ -15,35 +15,43 @@ def define_source_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string(
         "model_dir",
         None,
-        "A training run dir (config.json + checkpoints/): its newest checkpoint, preprocessing and class names are exported.",
+        "A training run dir (config.json + checkpoints/): its newest checkpoint, with the preprocessing and class "
+        "names the run recorded.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
         "keras_file",
         None,
-        "A model saved with model.save('x.keras'); give --preprocess_mode (and --mean_file) too.",
+        "A model saved with model.save('x.keras'): a keras_resnet model brings its record (architecture, "
+        "preprocessing, class names); any other needs --preprocess_mode.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
         "model",
         None,
-        "A registered architecture (e.g. resnet50, resnet20); weights from --weights, else untrained.",
+        "A registered architecture (e.g. resnet50, resnet20), rebuilt as --weights record it; untrained without "
+        "--weights.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "weights", None, "With --model: a .weights.h5 file from model.save_weights.", flag_values=flag_values
+        "weights",
+        None,
+        "With --model: weights as the builders take them (a converted or own .weights.h5, a keras.applications "
+        ".h5, a .keras file, a run dir); their record says the architecture and preprocessing.",
+        flag_values=flag_values,
     )
     flags.DEFINE_enum(
         "preprocess_mode",
-        "caffe",
+        None,
         MODES,
-        "With --keras_file or --model: the preprocessing the weights expect (the run dir's own is used with --model_dir).",
+        "Only where nothing records the preprocessing (a plain model.save_weights file, a .keras file not made by "
+        "keras_resnet, an untrained --model), and then required; one that contradicts the record is an error.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
         "mean_file",
         None,
-        "With preprocess_mode=pixel_mean: a .npy mean image (HxWx3) or 3 channel means.",
+        "With --preprocess_mode pixel_mean: a .npy mean image (HxWx3) or 3 channel means.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
@@ -55,7 +63,7 @@ def define_source_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string(
         "model_name",
         None,
-        "The served name (default: the registry name, or the .keras file's name).",
+        "The served name (default: the run dir's name, the .keras file's name, or the registry name).",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
@@ -86,7 +94,11 @@ def source_from_flags(flag_values=flags.FLAGS):
         raise ValueError("--weights goes with --model")
     names = sources.read_labels(f.labels) if f.labels else None
     if f.model_dir:
-        source = sources.from_run_dir(f.model_dir, class_names=names, name=f.model_name)
+        if f.mean_file:
+            raise ValueError("--mean_file goes with --keras_file or --model: a run dir records its own mean")
+        source = sources.from_run_dir(
+            f.model_dir, preprocess_mode=f.preprocess_mode, class_names=names, name=f.model_name
+        )
         overrides = {key: getattr(f, key) for key in ("dataset", "data_dir") if getattr(f, key)}
         return dataclasses.replace(source, **overrides)
     mean = sources.load_mean(f.mean_file) if f.mean_file else None

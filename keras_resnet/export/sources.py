@@ -1,8 +1,10 @@
 """Where an exported model comes from: a training run dir, a `.keras` file, or a builder.
 
-Each source yields the Keras model together with what serving needs beside its weights:
-the preprocessing its weights expect, its class names, a serving name and the data set it
-was trained on (for int8 calibration).
+Each source yields the Keras model together with what serving needs beside its weights, read
+from the network's record (`keras_resnet.record`): the preprocessing its weights expect and
+its class names; and a serving name and the data set it was trained on (int8 calibration).
+A preprocessing mode is taken from the caller only where nothing records one, and is then
+required; one that contradicts the record is a ValueError.
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ import os
 
 import numpy as np
 
-from keras_resnet import saved_run
+from keras_resnet import weights as weights_lib
+from keras_resnet.loading import load
 from keras_resnet.preprocessing import check_mode
+from keras_resnet.record import Record, check_preprocessing
+from keras_resnet.training import saved_run
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """A Keras classifier and the facts about it that the serving graph bakes in."""
+    """A Keras classifier and the facts about it that the serving graph bakes in.
+
+    `record` is the network's `keras_resnet.record.Record` with the preprocessing and class
+    names served (what the exports carry as metadata); sources built by hand may omit it.
+    """
 
     model: object
     preprocess_mode: str
@@ -27,12 +36,19 @@ class ModelSource:
     name: str = "model"
     dataset: str | None = None
     data_dir: str | None = None
+    record: Record | None = None
 
     @property
     def image_size(self):
         """(height, width) of the model's input: the serving graph's crop size."""
         _, height, width, channels = self.model.input_shape
         return height, width
+
+    def record_text(self):
+        """The record's JSON text for an export's metadata (the served preprocessing and names)."""
+        record = self.record or Record(weights_lib.describe(self.model))
+        served = record.replace(preprocess_mode=self.preprocess_mode, mean=self.mean, class_names=self.class_names)
+        return served.to_text()
 
 
 def read_labels(path):
@@ -72,45 +88,80 @@ def _check(source):
     return source
 
 
-def from_run_dir(model_dir, *, class_names=None, name=None):
-    """The newest checkpoint of a training run, with the run's own preprocessing."""
-    if not os.path.isdir(model_dir):
-        raise ValueError(f"model_dir {model_dir!r} is not a directory")
-    model, config = saved_run.restore_model(model_dir)
-    mode, mean = saved_run.preprocessing(model_dir, config)
-    names = class_names if class_names is not None else config.get("class_names")
+def _class_names(record, class_names, where):
+    """The recorded class names, or the given ones where none are recorded; given names that
+    differ from recorded ones are a ValueError."""
+    recorded = record.class_names if record is not None else None
+    if class_names is None:
+        return recorded
+    class_names = tuple(class_names)
+    if recorded is not None and recorded != class_names:
+        raise ValueError(
+            f"the labels given ({len(class_names)} names, first {class_names[:3]}) contradict the class names "
+            f"{where} record ({len(recorded)} names, first {recorded[:3]}): leave them out"
+        )
+    return class_names
+
+
+def _fixed_size(record):
+    """An input shape of fixed size for a record whose network takes any size: its
+    evaluation crop (None where the size is already fixed)."""
+    shape = record.architecture.input_shape
+    if shape is not None and None not in shape[:2]:
+        return None
+    if record.eval_crop is None:
+        raise ValueError(
+            "the network takes any input size and records no evaluation crop: build it with input_shape=(H, W, 3)"
+        )
+    return (record.eval_crop, record.eval_crop, 3)
+
+
+def _from_loaded(loaded, *, class_names, name, dataset, data_dir, where):
     return _check(
         ModelSource(
-            model=model,
-            preprocess_mode=mode,
-            mean=mean,
-            class_names=tuple(names) if names is not None else None,
-            name=name or config["model"],
-            dataset=config.get("dataset"),
-            data_dir=config.get("data_dir"),
+            model=loaded.model,
+            preprocess_mode=loaded.record.preprocess_mode,
+            mean=loaded.record.mean,
+            class_names=_class_names(loaded.record, class_names, where),
+            name=name,
+            dataset=dataset,
+            data_dir=data_dir,
+            record=loaded.record,
         )
     )
 
 
-def from_keras_file(path, *, preprocess_mode, mean=None, class_names=None, name=None, dataset=None, data_dir=None):
-    """A model saved with `model.save("x.keras")`; its preprocessing must be given."""
-    import keras
+def from_run_dir(model_dir, *, preprocess_mode=None, class_names=None, name=None):
+    """The newest checkpoint of a training run, with the run's record (preprocessing, class
+    names); served under the run dir's name unless `name` is given."""
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"model_dir {model_dir!r} is not a directory")
+    config = saved_run.read_config(model_dir)
+    loaded = load(model_dir, preprocess_mode=preprocess_mode)
+    return _from_loaded(
+        loaded,
+        class_names=class_names,
+        name=name or os.path.basename(os.path.normpath(os.path.abspath(model_dir))),
+        dataset=config.get("dataset"),
+        data_dir=config.get("data_dir"),
+        where=f"the run {model_dir!r}",
+    )
 
-    import keras_resnet.blocks  # noqa: F401  registers ZeroPadShortcut for deserialisation
 
+def from_keras_file(path, *, preprocess_mode=None, mean=None, class_names=None, name=None, dataset=None, data_dir=None):
+    """A model saved with `model.save("x.keras")`, with the preprocessing its record holds;
+    `preprocess_mode` (and `mean`) only for a file that records none, and then required."""
     if not os.path.isfile(path) or not path.endswith(".keras"):
         raise ValueError(f"keras_file {path!r} is not an existing .keras file")
-    model = keras.saving.load_model(path, compile=False)
-    return _check(
-        ModelSource(
-            model,
-            preprocess_mode,
-            mean,
-            class_names,
-            name or os.path.basename(path)[: -len(".keras")],
-            dataset,
-            data_dir,
-        )
+    record, _ = weights_lib.read_record(path)
+    loaded = load(path, preprocess_mode=preprocess_mode, mean=mean, input_shape=_fixed_size(record))
+    return _from_loaded(
+        loaded,
+        class_names=class_names,
+        name=name or os.path.basename(path)[: -len(".keras")],
+        dataset=dataset,
+        data_dir=data_dir,
+        where=f"{path!r}",
     )
 
 
@@ -118,7 +169,7 @@ def from_builder(
     model_name,
     *,
     weights=None,
-    preprocess_mode,
+    preprocess_mode=None,
     mean=None,
     class_names=None,
     name=None,
@@ -126,13 +177,31 @@ def from_builder(
     data_dir=None,
     **kwargs,
 ):
-    """A registered architecture (e.g. "resnet50"), with weights from a `.weights.h5` file."""
+    """A registered architecture (e.g. "resnet50"), rebuilt as `weights` record it (any kind
+    the builders take); preprocessing from the record, or `preprocess_mode` (then required)
+    for weights that record none (a plain `model.save_weights` file) or none at all."""
     from keras_resnet.builders import get_builder
 
     builder = get_builder(model_name)
-    if weights is not None and not os.path.isfile(weights):
+    if weights is not None and not os.path.exists(weights):
         raise ValueError(f"weights file {weights!r} does not exist")
-    model = builder(**kwargs)
-    if weights is not None:
-        model.load_weights(weights)
-    return _check(ModelSource(model, preprocess_mode, mean, class_names, name or model_name, dataset, data_dir))
+    recorded = weights_lib.recorded(weights)
+    if recorded is not None and "input_shape" not in kwargs:
+        fixed = _fixed_size(recorded)
+        kwargs = {**kwargs, **({"input_shape": fixed} if fixed else {})}
+    model = builder(weights=weights, **kwargs)
+    where = f"weights {weights!r}" if weights is not None else f"an untrained {model_name}"
+    mode, mean = check_preprocessing(model.record, preprocess_mode, mean, where=where)
+    record = model.record.replace(preprocess_mode=mode, mean=mean)
+    return _check(
+        ModelSource(
+            model,
+            mode,
+            mean,
+            _class_names(record, class_names, where),
+            name or model_name,
+            dataset,
+            data_dir,
+            record,
+        )
+    )

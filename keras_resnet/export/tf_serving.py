@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from keras_resnet import saved_run
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, IMAGE_BYTES, IMAGES
+from keras_resnet.training import saved_run
 
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG = "models.config"
