@@ -148,8 +148,8 @@ class TrainConfig:
     )
     jit_compile: bool = _field(
         False,
-        "Compile the forward and backward pass with XLA: for GPUs and TPUs; on a CPU XLA trained "
-        "ResNets 2-3x slower than without (BENCHMARKS.md, table 2).",
+        "Compile the forward and backward pass with XLA: for GPUs and TPUs; XLA:CPU runs convolutions "
+        "without oneDNN, so on a CPU it trains slower than without (BENCHMARKS.md, Findings).",
     )
     steps_per_loop: int = _field(
         100,
@@ -200,7 +200,7 @@ class TrainConfig:
         None, "Evaluate every this many iterations; None: once per epoch; 0: only at the end."
     )
     log_interval: int = _field(100, "Write a log line and summaries every this many iterations.")
-    # Fine-tuning (issue 6).
+    # Fine-tuning.
     init_weights: str | None = _field(
         None,
         "Start from these weights: imagenet, a .weights.h5/.keras file, or a training run dir (its latest checkpoint).",
