@@ -1,7 +1,7 @@
 """The one training loop, unchanged under every tf.distribute strategy.
 
-Keras 3's `model.fit` does not run under MultiWorkerMirroredStrategy (keras-team/keras
-issue 20585), so the loop is `strategy.run` inside a `tf.function`: each replica averages
+Keras 3's `model.fit` does not run under MultiWorkerMirroredStrategy
+(https://github.com/keras-team/keras/issues/20585), so the loop is `strategy.run` inside a `tf.function`: each replica averages
 its per-example losses over the GLOBAL batch, the optimizer sums gradients across
 replicas, and metrics are summed across replicas. SGD with momentum and a coupled L2
 penalty on the kernels, as the paper trains (sections 3.4, 4.2).
@@ -231,7 +231,7 @@ def build_model(config, image_size):
     it with the builder's softmax head, same weights).
 
     With --init_weights: the pretrained network with a new `classes`-way head, then
-    --freeze and --freeze_bn (issue 6, `keras_resnet.finetune`).
+    --freeze and --freeze_bn (`keras_resnet.finetune`).
     """
     kwargs = config_lib.model_kwargs(config, image_size)
     if not config.init_weights:
