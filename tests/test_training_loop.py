@@ -1,7 +1,7 @@
 """The training loop on the bundled digits data: it learns; its run dir restores through
 saved_run and evaluates (keras_resnet.evaluation, train/evaluate.py) to the error it
 reported; it decays exactly the kernels, runs in bfloat16 with float32 variables,
-fine-tunes with frozen stages or frozen BN (issue 6), stops on a non-finite loss, and
+fine-tunes with frozen stages or frozen BN, stops on a non-finite loss, and
 refuses bad input early. One trained run (`learned`) serves the tests that need one."""
 
 import json
