@@ -4,7 +4,7 @@ import numpy as np
 
 
 def relative_difference(a, b):
-    """||a - b|| / ||b||, the tolerance measure the issues name."""
+    """||a - b|| / ||b||, the tolerance measure of every export check."""
     a, b = np.asarray(a, dtype="float64"), np.asarray(b, dtype="float64")
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
