@@ -16,6 +16,10 @@
         updating them and its scale and offset, as the paper does when fine-tuning for
         detection (section 4.3 and appendix).
 
+trainable_summary(model)
+    What is frozen (stages, BatchNormalization layers) and how many parameters train, in
+    words: the trainer prints it when fine-tuning.
+
 Freezing sets `layer.trainable = False`; in Keras 3 a BatchNormalization layer that is not
 trainable also runs in inference mode, even in `training=True` calls. Compile (or collect
 `trainable_variables`) after freezing.
@@ -23,6 +27,7 @@ trainable also runs in inference mode, even in `training=True` calls. Compile (o
 
 from __future__ import annotations
 
+import math
 import re
 
 import keras
@@ -89,3 +94,26 @@ def freeze_batchnorm(model):
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
     return model
+
+
+def _count(weights):
+    return sum(math.prod(int(d) for d in w.shape) for w in weights)
+
+
+def trainable_summary(model):
+    """One line: the frozen stages, the frozen BatchNormalization layers of the stages that
+    train, and the trainable / total parameter counts (as model.summary counts them)."""
+    stages = {stage: int(stage[len("conv") :]) for stage in stage_names(model)}
+    frozen = [name for name, n in stages.items() if all(not x.trainable for x in model.layers if _stage(x.name) == n)]
+    frozen_bn = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, layers.BatchNormalization)
+        and not layer.trainable
+        and f"conv{_stage(layer.name)}" not in frozen
+    ]
+    trainable, total = _count(model.trainable_weights), _count(model.weights)
+    said = f"stages {', '.join(frozen)} frozen" if frozen else "no stage frozen"
+    if frozen_bn:
+        said += f", and {len(frozen_bn)} BatchNormalization layers of the stages that train"
+    return f"fine-tuning: {said}; {trainable:,} of {total:,} parameters train ({100 * trainable / max(total, 1):.1f}%)"
