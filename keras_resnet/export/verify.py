@@ -28,7 +28,7 @@ class VerificationError(RuntimeError):
 
 
 def relative_difference(actual, expected):
-    """||actual - expected|| / ||expected|| (Frobenius), the tolerance measure of the issues."""
+    """||actual - expected|| / ||expected|| (Frobenius), the tolerance measure of every export check."""
     actual, expected = np.asarray(actual, dtype="float64"), np.asarray(expected, dtype="float64")
     return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
 
