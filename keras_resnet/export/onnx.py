@@ -42,7 +42,7 @@ class OnnxExport:
 
 
 def supported_opsets():
-    """Opsets this tf2onnx can write, from MIN_OPSET (the issue's floor) up."""
+    """Opsets this tf2onnx can write, from MIN_OPSET (the oldest opset the exporter supports) up."""
     from tf2onnx import constants
 
     return tuple(range(MIN_OPSET, max(constants.OPSET_TO_IR_VERSION) + 1))
