@@ -1,7 +1,8 @@
 """The one training loop, unchanged under every tf.distribute strategy.
 
 Keras 3's `model.fit` does not run under MultiWorkerMirroredStrategy
-(https://github.com/keras-team/keras/issues/20585), so the loop is `strategy.run` inside a `tf.function`: each replica averages
+(https://github.com/keras-team/keras/issues/20585), so the loop is `strategy.run` inside a
+`tf.function`: each replica averages
 its per-example losses over the GLOBAL batch, the optimizer sums gradients across
 replicas, and metrics are summed across replicas. SGD with momentum and a coupled L2
 penalty on the kernels, as the paper trains (sections 3.4, 4.2).
