@@ -65,8 +65,8 @@ def frozen_inference(model, image_size):
 
     TensorFlow's oneDNN convolutions keep their re-laid-out kernels between calls only when
     the kernel is a constant; read from a variable, every kernel is re-laid out on every call.
-    Frozen, a ResNet-50 batch of 32 ran 5 % faster in a TF Serving session here (BENCHMARKS.md,
-    table 1). tf2onnx freezes the same way.
+    Frozen, the served graph skips that work on every request (BENCHMARKS.md, Findings).
+    tf2onnx freezes the same way.
     """
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
