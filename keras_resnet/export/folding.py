@@ -9,8 +9,8 @@
 - A ZeroPadding2D between a ReLU and a valid max pool becomes the pool's own padding: the
   pool pads with -inf, which equals zero padding on non-negative values, and the padded copy
   of the tensor is never made (onnxruntime then keeps its blocked layout across the stem).
-On this project's 2-core CPU the last two made onnxruntime 8.5 % faster, to the machine's
-matmul rate, and TensorFlow 2.6 % (BENCHMARKS.md, table 1).
+The last two spare the served graph a Slice, a broadcast Sub and a Pad per call, and spare
+onnxruntime two layout conversions around the stem (figures: BENCHMARKS.md, Findings).
 """
 
 from __future__ import annotations
