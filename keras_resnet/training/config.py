@@ -371,6 +371,8 @@ def check_resume(config):
         given = given(config)
         if name == "shortcut" and recorded[name] is None:
             continue  # a run dir from before the shortcut was recorded
+        if name == "model" and recorded[name] is None:
+            continue  # a run of a model_fn's network: config.json names no registered model
         if name == "image_size" and given is not None:
             same = given == recorded["input_size"]  # the size the run used, given or the data set's
         else:
