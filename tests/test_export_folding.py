@@ -58,6 +58,16 @@ def test_the_stem_pad_merges_into_its_max_pool():
     assert "pool1_pad" not in [layer.name for layer in folded.layers]
 
 
+def test_without_merged_pools_the_stem_keeps_its_pad_and_plain_pool(rel_diff):
+    """What LiteRT gets: no max pool with explicit padding, the same function."""
+    model = randomize(keras_resnet.ResNet18(weights=None, input_shape=(64, 64, 3), classes=10), seed=3)
+    folded = serving_model(model, logits=True, merge_pools=False)
+    assert type(folded.get_layer("pool1_pool")) is keras.layers.MaxPooling2D
+    assert isinstance(folded.get_layer("pool1_pad"), keras.layers.ZeroPadding2D)
+    x = np.random.default_rng(4).normal(0, 50, (2, 64, 64, 3)).astype("float32")
+    assert rel_diff(np.asarray(folded(x)), logits_of(model, x)) <= 1e-5
+
+
 def pad_pool_model(relu):
     """Input -> [ReLU] -> ZeroPadding2D(1) -> MaxPooling2D(3, 2) -> flatten -> softmax."""
     inputs = keras.Input((9, 9, 2))

@@ -178,15 +178,16 @@ def _output_layer(model, logits):
     return last.name if name == "softmax" else None
 
 
-def serving_model(model, logits=False, input_affine=None):
+def serving_model(model, logits=False, input_affine=None, merge_pools=True):
     """A new float32 functional model equal to `model` at inference, in fewer ops: BN folded
     into convs, zero padding merged into max pools, and with `input_affine=(order, scale)`
     (from `channel_affine`) the preprocessing's channel order and scale folded into the input
     conv, so the new model reads raw images plus `input_offset`.
 
     BNs that do not directly follow a single-use Conv2D are kept (in float32). With
-    `logits=True` a final softmax is dropped, so the model returns logits. The original
-    model is not modified.
+    `logits=True` a final softmax is dropped, so the model returns logits. `merge_pools=False`
+    keeps the zero paddings before max pools: LiteRT has no max pool with explicit padding.
+    The original model is not modified.
     """
     if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential) or not getattr(model, "inputs", None):
         raise ValueError(f"serving_model needs a functional keras.Model, got {type(model).__name__}")
@@ -194,7 +195,7 @@ def serving_model(model, logits=False, input_affine=None):
     if input_affine is not None and first_conv is None:
         raise ValueError("input_affine needs a model whose input feeds one Conv2D (see input_conv); this one does not")
     pairs = foldable_pairs(model)
-    pads = mergeable_pools(model)
+    pads = mergeable_pools(model) if merge_pools else {}
     skipped = set(pairs.values()) | set(pads)
     pools = {pool: pad for pad, pool in pads.items()}
     softmax_layer = _output_layer(model, logits)

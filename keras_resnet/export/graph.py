@@ -78,9 +78,10 @@ def frozen_inference(model, image_size):
 
 
 class ServingGraph:
-    """The two entry points over one folded, frozen model (no variables to track or save)."""
+    """The two entry points over one folded, frozen model (no variables to track or save).
+    `merge_pools=False` keeps each max pool's zero padding as its own op (LiteRT lacks the merged form)."""
 
-    def __init__(self, source, *, top_k=5, crop_fraction=None):
+    def __init__(self, source, *, top_k=5, crop_fraction=None, merge_pools=True):
         classes = source.model.output_shape[-1]
         if not isinstance(top_k, int) or not 1 <= top_k <= classes:
             raise ValueError(f"top_k={top_k!r} must be an integer in 1..{classes} (the model's classes)")
@@ -89,7 +90,8 @@ class ServingGraph:
             raise ValueError(f"crop_fraction={crop_fraction!r} must be in (0, 1]")
         order, scale, shift = channel_affine(source.preprocess_mode, source.mean)
         foldable = input_conv(source.model) is not None
-        folded = serving_model(source.model, logits=True, input_affine=(order, scale) if foldable else None)
+        affine = (order, scale) if foldable else None
+        folded = serving_model(source.model, logits=True, input_affine=affine, merge_pools=merge_pools)
         self.logits = frozen_inference(folded, source.image_size)
         # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC images
         # about 5x slower than an image over the batch.
