@@ -1,5 +1,8 @@
 """Builders against the paper's tables, published parameter counts and section 3.3."""
 
+import inspect
+import pydoc
+
 import keras
 import numpy as np
 import pytest
@@ -250,6 +253,11 @@ def test_registry_lists_every_paper_net():
         ({"input_shape": (16, 16, 3)}, r"\(16, 16, 3\).*>= 32"),
         ({"pooling": "median", "include_top": False}, r"pooling='median'.*None, 'avg', 'max'"),
         ({"return_features": True}, r"include_top=False"),
+        ({"bn_epsilon": -1}, r"bn_epsilon=-1.*> 0"),
+        ({"bn_epsilon": 0.0}, r"bn_epsilon=0.0.*> 0"),
+        ({"bn_momentum": 1.5}, r"bn_momentum=1.5.*0 <= bn_momentum < 1"),
+        ({"bn_momentum": 1.0}, r"bn_momentum=1.0.*0 <= bn_momentum < 1"),
+        ({"bn_momentum": -0.1}, r"bn_momentum=-0.1.*0 <= bn_momentum < 1"),
     ],
 )
 def test_bad_arguments_name_value_and_allowed(kwargs, message):
@@ -262,3 +270,32 @@ def test_plain_nets_refuse_shortcut_options():
         keras_resnet.Plain34(shortcut="B")
     with pytest.raises(ValueError, match="zero_init_residual"):
         keras_resnet.Plain20(zero_init_residual=True)
+
+
+@pytest.mark.parametrize("kwargs", [{"bn_epsilon": -1}, {"bn_momentum": 1.5}])
+def test_cifar_builders_refuse_bn_settings_too(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        keras_resnet.ResNet20(**kwargs)
+
+
+def test_signature_has_keras_applications_arguments_in_order():
+    """`inspect.signature` and `help` show keras.applications' arguments by name, in its order,
+    with its defaults where keras_resnet keeps them (weights, classes and name are None: nothing
+    is downloaded unasked, and classes/name come from the weights or the spec)."""
+    ours = inspect.signature(keras_resnet.ResNet50).parameters
+    theirs = inspect.signature(keras.applications.ResNet50).parameters
+    assert list(ours)[: len(theirs)] == list(theirs)
+    for name, parameter in theirs.items():
+        if name not in ("weights", "classes", "name"):
+            assert ours[name].default == parameter.default, name
+    for own in ("shortcut", "stride_in", "bn_epsilon", "bn_momentum", "zero_init_residual", "return_features"):
+        assert ours[own].kind is inspect.Parameter.KEYWORD_ONLY
+    shown = pydoc.render_doc(keras_resnet.ResNet50, renderer=pydoc.plaintext)
+    assert "include_top=True" in shown and "classifier_activation='softmax'" in shown
+
+
+def test_positional_arguments_bind_as_in_keras_applications():
+    model = keras_resnet.ResNet20(False, None, None, (32, 32, 3), "avg")
+    assert model.output_shape == (None, 64)
+    with pytest.raises(TypeError, match="stride"):
+        keras_resnet.ResNet20(stride="1x1")

@@ -99,6 +99,7 @@ def convert(graph, opset):
         "input": "float32 RGB [batch, H, W, 3] in 0..255, preprocessing inside the graph",
         "image_size": json.dumps(list(graph.image_size)),
         "class_names": json.dumps(list(graph.class_names) if graph.class_names is not None else None),
+        "keras_resnet_record": graph.source.record_text(),
     }
     onnx.helper.set_model_props(model_proto, metadata)
     onnx.checker.check_model(model_proto, full_check=True)

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 
-from keras_resnet.export import tf_serving, verify
+from keras_resnet.export import sources, tf_serving, verify
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, ServingGraph
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -65,6 +65,7 @@ def write_saved_model(graph, directory, model_name):
     archive.add_endpoint(BYTES_SIGNATURE, graph.serve_image_bytes, input_signature=[graph.bytes_spec()])
     archive.write_out(directory, verbose=False)
     tf_serving.write_warmup(directory, model_name, graph.image_size)
+    sources.write_record(directory, graph.source)
 
 
 def _make_dirs(path):

@@ -10,6 +10,7 @@ required; one that contradicts the record is a ValueError.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -45,10 +46,37 @@ class ModelSource:
         return height, width
 
     def record_text(self):
-        """The record's JSON text for an export's metadata (the served preprocessing and names)."""
-        record = self.record or Record(weights_lib.describe(self.model))
+        """The record's JSON text for an export's metadata, with the preprocessing and class
+        names served; "null" for a model built by hand that is no keras_resnet network."""
+        record = self.record
+        if record is None:
+            try:
+                record = Record(weights_lib.describe(self.model))
+            except ValueError:
+                return json.dumps(None)
         served = record.replace(preprocess_mode=self.preprocess_mode, mean=self.mean, class_names=self.class_names)
         return served.to_text()
+
+
+RECORD_ASSET = os.path.join("assets.extra", "keras_resnet_record.json")
+
+
+def write_record(export_dir, source):
+    """Put `source`'s record into a SavedModel dir, as assets.extra/keras_resnet_record.json."""
+    path = os.path.join(export_dir, RECORD_ASSET)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(source.record_text())
+
+
+def read_record(export_dir):
+    """The Record a SavedModel dir carries (None where it carries none)."""
+    path = os.path.join(export_dir, RECORD_ASSET)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    return None if data is None else Record.from_json(data)
 
 
 def read_labels(path):
@@ -154,6 +182,7 @@ def from_keras_file(path, *, preprocess_mode=None, mean=None, class_names=None, 
     if not os.path.isfile(path) or not path.endswith(".keras"):
         raise ValueError(f"keras_file {path!r} is not an existing .keras file")
     record, _ = weights_lib.read_record(path)
+    check_preprocessing(record, preprocess_mode, mean, where=repr(path))
     loaded = load(path, preprocess_mode=preprocess_mode, mean=mean, input_shape=_fixed_size(record))
     return _from_loaded(
         loaded,
