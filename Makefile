@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-slow lint demo test-interop clean
+.PHONY: install test test-slow lint demo test-interop clean paper-digits
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,29 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python train/cifar10.py --demo
+
+# Figs. 6 and 7 and Table 6 of section 4.2 in miniature (PAPER.md): plain and residual nets of
+# 20 and 56 layers trained on the bundled digits with one recipe (`make demo`'s: section 4.2's
+# shrunk to 450 iterations of batch 64), then compared. Rerunning resumes finished runs. Another
+# recipe: e.g. PAPER_DIGITS_EXTRA=--error_warmup PAPER_DIGITS_DIR=runs/warmup PAPER_DIGITS_FIGURES=figures/warmup
+PAPER_DIGITS_DIR := runs/paper-digits
+PAPER_DIGITS_FIGURES := figures/digits
+PAPER_DIGITS_MODELS := plain20 resnet20 plain56 resnet56
+PAPER_DIGITS_RECIPE := --dataset digits --batch_size 64 --train_steps 450 --lr_boundaries 300,400 \
+	--checkpoint_interval 150 --eval_interval 25 --log_interval 15 --seed 0 --deterministic $(PAPER_DIGITS_EXTRA)
+PAPER_DIGITS_RUNS := $(foreach m,$(PAPER_DIGITS_MODELS),$(PAPER_DIGITS_DIR)/$(m))
+comma := ,
+space := $(subst ,, )
+
+paper-digits: $(STAMP)
+	for m in $(PAPER_DIGITS_MODELS); do \
+		$(BIN)/python train/cifar10.py $(PAPER_DIGITS_RECIPE) --model $$m --model_dir $(PAPER_DIGITS_DIR)/$$m || exit 1; \
+	done
+	mkdir -p $(dir $(PAPER_DIGITS_FIGURES))
+	$(BIN)/python train/compare.py --runs $(subst $(space),$(comma),$(PAPER_DIGITS_RUNS)) \
+		--output $(PAPER_DIGITS_FIGURES)_fig6.png --table $(PAPER_DIGITS_FIGURES)_table6.md
+	$(BIN)/python train/responses.py $(addprefix --model_dir ,$(PAPER_DIGITS_RUNS)) \
+		--output $(PAPER_DIGITS_FIGURES)_fig7.png --table $(PAPER_DIGITS_FIGURES)_fig7.md
 
 # torchvision comparisons (tests/test_convert.py) in their own environment, so the main one
 # stays free of torch. The pins are builds that run on the CPU: on x86_64 PyPI's default

@@ -1,0 +1,41 @@
+"""Standard deviations of the layer responses of trained runs, as Fig. 7 (section 4.2).
+
+    python train/responses.py --model_dir runs/plain20 --model_dir runs/resnet20 \
+        --model_dir runs/plain56 --model_dir runs/resnet56 --output fig7.png
+
+A response is a 3x3 layer's output after BN, before the ReLU or the addition, on the run's
+own test images (validation for ImageNet-like sets) with the run's newest checkpoint. The
+figure shows each run's stds in layer order and sorted by magnitude; plain nets dashed,
+residual nets solid.
+"""
+
+from absl import app, flags
+
+from keras_resnet.training import cli
+
+flags.DEFINE_multi_string("model_dir", None, "A training run dir; repeat the flag for each run.", required=True)
+flags.DEFINE_string("output", None, "Where to write the figure (.png, .pdf or .svg).", required=True)
+flags.DEFINE_integer("max_images", None, "Measure on the first this many test images; default: all of them.")
+flags.DEFINE_integer("batch_size", 100, "Images per forward pass.")
+flags.DEFINE_string("table", None, "Also write the table of per-run stds (markdown) here; it is always printed.")
+flags.DEFINE_string("title", None, "Figure title; default: what is measured, on how many images.")
+FLAGS = flags.FLAGS
+
+
+def run():
+    from keras_resnet.training import analysis
+    from keras_resnet.training.saved_run import atomic_write_bytes
+
+    analysis.check_output(FLAGS.output)
+    analysis.check_trained_runs(FLAGS.model_dir)
+    responses = [analysis.run_responses(d, FLAGS.batch_size, FLAGS.max_images) for d in FLAGS.model_dir]
+    analysis.save_figure(analysis.plot_responses(responses, FLAGS.title), FLAGS.output)
+    table = analysis.responses_table(responses)
+    print(table)
+    if FLAGS.table:
+        atomic_write_bytes(FLAGS.table, table.encode())
+    print(f"wrote {FLAGS.output}" + (f" and {FLAGS.table}" if FLAGS.table else ""))
+
+
+if __name__ == "__main__":
+    app.run(cli.absl_main(run))
