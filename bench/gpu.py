@@ -38,14 +38,8 @@ and PyTorch only), and the torch rows are skipped, with the reason, where torch 
 
 from __future__ import annotations
 
-import glob
-import gzip
-import json
 import os
-import re
-import shutil
 import sys
-import tempfile
 
 # JAX would otherwise take 75 % of the GPU's memory at start, leaving torch too little.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -54,6 +48,7 @@ from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import profiling  # noqa: E402  (bench/profiling.py, beside this script)
 import timing  # noqa: E402  (bench/timing.py, beside this script)
 
 ROWS = (
@@ -103,22 +98,6 @@ flags.DEFINE_bool(
 )
 
 
-def settings():
-    """The flags, with --quick's small sizes where a flag was not given."""
-    values = {name: getattr(FLAGS, name) for name in QUICK}
-    if FLAGS.quick:
-        values.update({name: value for name, value in QUICK.items() if not FLAGS[name].present})
-    return values
-
-
-def synthetic_batch(batch_size, size):
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((batch_size, size, size, 3)).astype("float32")
-    return images, rng.integers(0, CLASSES, size=batch_size).astype("int32")
-
-
 def keras_calls(run, wanted):
     """keras_resnet's ResNet-50 rows (the backend's own compiled train and predict steps, and
     the jitted ones) and keras.applications' jitted rows.
@@ -128,7 +107,7 @@ def keras_calls(run, wanted):
     from keras_resnet import ResNet50, count_flops
 
     size = run["image_size"]
-    images, labels = synthetic_batch(run["batch_size"], size)
+    images, labels = timing.synthetic_batch(run["batch_size"], size, CLASSES)
     images, labels = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
     on_jax = keras.backend.backend() == "jax"
     calls, macs = {}, {}
@@ -220,7 +199,7 @@ def torch_calls(run, wanted):
     except ImportError as error:
         return {}, None, f"torch/torchvision not installed ({error})"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    images, labels = synthetic_batch(run["batch_size"], run["image_size"])
+    images, labels = timing.synthetic_batch(run["batch_size"], run["image_size"], CLASSES)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels).long().to(device)
 
@@ -273,10 +252,8 @@ def main(argv):
     unknown = sorted(set(FLAGS.rows) - set(ROWS))
     if unknown:
         raise app.UsageError(f"--rows {unknown} unknown; choose from {', '.join(ROWS)}")
-    run = settings()
-    for name in ("batch_size", "iterations", "matmul_size"):
-        if run[name] < 1:
-            raise app.UsageError(f"--{name}={run[name]} must be >= 1")
+    run = timing.settings(FLAGS, QUICK)
+    timing.require_positive(run, ("batch_size", "iterations", "matmul_size"))
     if FLAGS.profile_steps < 1:
         raise app.UsageError(f"--profile_steps={FLAGS.profile_steps} must be >= 1")
     if run["image_size"] < 32:
@@ -310,120 +287,8 @@ def main(argv):
     ]
     timing.add_ratios(rows, lambda name: REFERENCE.get(name, name))
     timing.add_ratios(rows, SAME_STEP_AS_APPLICATIONS.get, field="x_keras_applications")
-    profiles = profile(calls, FLAGS.profile, FLAGS.profile_steps) if FLAGS.profile else None
+    profiles = profiling.profile(calls, FLAGS.profile, FLAGS.profile_steps) if FLAGS.profile else None
     report(run, rows, skipped, peak, profiles)
-
-
-def profile(calls, directory, steps):
-    """Trace `steps` calls of each row into `directory`: {row: gpu_time_summary(...) or
-    {"skipped": why}}."""
-    import keras
-
-    os.makedirs(directory, exist_ok=True)
-    summaries = {}
-    for name, call in calls.items():
-        path = os.path.join(directory, f"{name}.trace.json.gz")
-        if name.startswith("torchvision_"):
-            trace_torch(call, steps, path)
-        elif keras.backend.backend() == "jax":
-            trace_jax(call, steps, path)
-        else:
-            summaries[name] = {"skipped": f"profiles the Keras rows on JAX only (this run: {keras.backend.backend()})"}
-            continue
-        with gzip.open(path, "rt") as f:
-            summaries[name] = gpu_time_summary(json.load(f), steps)
-    return summaries
-
-
-def trace_jax(call, steps, path):
-    """`steps` calls under jax.profiler; its Perfetto trace moved to `path`."""
-    import jax
-
-    with tempfile.TemporaryDirectory() as scratch:
-        with jax.profiler.trace(scratch, create_perfetto_trace=True):
-            for _ in range(steps):
-                call()
-        [trace] = glob.glob(os.path.join(scratch, "plugins", "profile", "*", "perfetto_trace.json.gz"))
-        shutil.move(trace, path)
-
-
-def trace_torch(call, steps, path):
-    """`steps` calls under torch.profiler (CPU and CUDA activity); its Chrome trace to `path`."""
-    import torch
-
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as recorded:
-        for _ in range(steps):
-            call()
-    recorded.export_chrome_trace(path)  # gzipped by torch: the path ends in .gz
-
-
-TORCH_GPU_CATEGORIES = ("kernel", "gpu_memset", "gpu_memcpy")
-
-
-def gpu_operations(trace):
-    """(name, microseconds) of everything a GPU ran (kernels, memsets, copies) in a Chrome or
-    Perfetto trace: torch.profiler files them under the categories in TORCH_GPU_CATEGORIES;
-    jax.profiler puts them on the "Stream #..." threads of its "/device:GPU:N" process."""
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
-    thread = {
-        (e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
-    }
-
-    def on_gpu(event):
-        if event.get("cat") in TORCH_GPU_CATEGORIES:
-            return True
-        return process.get(event["pid"], "").startswith("/device:GPU") and thread.get(
-            (event["pid"], event.get("tid")), ""
-        ).startswith("Stream")
-
-    return [(e["name"], float(e["dur"])) for e in events if e.get("ph") == "X" and on_gpu(e)]
-
-
-CONVOLUTION_KERNEL = re.compile(
-    r"conv|gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|nhwc|dgrad|wgrad|fprop", re.IGNORECASE
-)
-
-
-def gpu_time_summary(trace, steps, top=8):
-    """GPU milliseconds per call: all, convolutions and matmuls (cuDNN, cuBLAS, CUTLASS
-    kernels), the rest (batch norm, ReLU, adds, casts, optimizer: the fused elementwise and
-    reduction kernels; memsets and copies), and the `top` kernels by time."""
-    operations = gpu_operations(trace)
-    per_name = {}
-    for name, microseconds in operations:
-        per_name[name] = per_name.get(name, 0.0) + microseconds
-    convolution = sum(us for name, us in per_name.items() if CONVOLUTION_KERNEL.search(name))
-    total = sum(per_name.values())
-    largest = sorted(per_name.items(), key=lambda item: -item[1])[:top]
-    return {
-        "gpu_operations_per_call": len(operations) / steps,
-        "gpu_busy_ms_per_call": total / steps / 1e3,
-        "convolution_ms_per_call": convolution / steps / 1e3,
-        "other_ms_per_call": (total - convolution) / steps / 1e3,
-        "top_kernels_ms_per_call": [[name, us / steps / 1e3] for name, us in largest],
-    }
-
-
-def print_profiles(rows, profiles):
-    """Beside each row's wall time, its GPU busy time and the largest kernels."""
-    wall = {r["name"]: r["p50_ms"] for r in rows}
-    print(
-        f"\n{'profile (ms per call)':{timing.NAME_WIDTH}s} {'wall p50':>9s} {'GPU busy':>9s} {'conv+mm':>9s} {'other':>9s} {'GPU ops':>9s}"
-    )
-    for name, summary in profiles.items():
-        if "skipped" in summary:
-            print(f"{name:{timing.NAME_WIDTH}s} skipped: {summary['skipped']}")
-            continue
-        print(
-            f"{name:{timing.NAME_WIDTH}s} {wall[name]:9.2f} {summary['gpu_busy_ms_per_call']:9.2f} {summary['convolution_ms_per_call']:9.2f} "
-            f"{summary['other_ms_per_call']:9.2f} {summary['gpu_operations_per_call']:9.0f}"
-        )
-        for kernel, ms in summary["top_kernels_ms_per_call"][:3]:
-            print(f"    {ms:7.3f} ms  {kernel[:100]}")
 
 
 def report(run, rows, skipped, peak, profiles):
@@ -431,11 +296,11 @@ def report(run, rows, skipped, peak, profiles):
     import keras
 
     backend = keras.backend.backend()
-    print(
+    timing.print_title(
         f"ResNet-50 at {run['image_size']}x{run['image_size']}, batch {run['batch_size']}, mixed_bfloat16, Keras backend "
         f"{backend}, keras_resnet stride_in {FLAGS.stride_in}; {run['iterations']} interleaved steps per row after "
-        f"{run['warmup']} warm-up; bfloat16 matmul {run['matmul_size']}^2: {peak:.0f} GFLOP/s"
-        f"{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}"
+        f"{run['warmup']} warm-up; bfloat16 matmul {run['matmul_size']}^2: {peak:.0f} GFLOP/s",
+        FLAGS.quick,
     )
     timing.print_table(rows, "x torch")
     paired = [r for r in rows if r["x_keras_applications"]]
@@ -451,21 +316,20 @@ def report(run, rows, skipped, peak, profiles):
         )
     timing.print_skipped(skipped)
     if profiles:
-        print_profiles(rows, profiles)
+        profiling.print_profiles(rows, profiles)
     if FLAGS.json:
-        result = {
-            **timing.header(),
-            "versions": timing.versions("keras", "jax", "jaxlib", "tensorflow", "torch", "torchvision", "numpy"),
-            "backend": backend,
-            "quick": FLAGS.quick,
+        timing.write_result(
+            FLAGS.json,
+            packages=("keras", "jax", "jaxlib", "tensorflow", "torch", "torchvision", "numpy"),
+            quick=FLAGS.quick,
+            rows=rows,
+            backend=backend,
             **run,
-            "stride_in": FLAGS.stride_in,
-            "peak_gflops_bfloat16": peak,
-            "rows": rows,
-            "skipped": skipped,
-            "profile": profiles,
-        }
-        timing.write_json(FLAGS.json, result)
+            stride_in=FLAGS.stride_in,
+            peak_gflops_bfloat16=peak,
+            skipped=skipped,
+            profile=profiles,
+        )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ in the same process, and its ratio to keras.applications under tf.function.
   onnx_fp32, onnx_int8, onnx_fp16 the exporter's ONNX files in onnxruntime (fp16 where it runs)
 
 The keras rows get preprocessed float images; the exported graphs take RGB 0..255 and carry
-the preprocessing (and softmax, top-k) inside, as they serve. Weights are random, with the BN
-statistics of a trained net (untrained BNs fold into zero biases, which TensorFlow's constant
-folding would drop from the frozen SavedModel graph); the int8 copy is calibrated on random
-images (its accuracy is the exporter's report on real data).
+the preprocessing (and softmax, top-k) inside, as they serve. Kernels are random, the BN
+layers those of a trained net (keras_resnet.testing.with_trained_statistics on scikit-learn's
+bundled photos: untrained BNs fold into zero biases, which TensorFlow's constant folding would
+drop from the frozen SavedModel graph); the int8 copy is calibrated on random images (its
+accuracy is the exporter's report on real data).
 
     python bench/inference.py --json /tmp/inference.json
     python bench/inference.py --quick --json /tmp/inference.json   # smoke run
@@ -80,15 +81,6 @@ flags.DEFINE_integer(
 )
 
 
-def settings():
-    """The run's settings: the flags, with --quick's small sizes where a flag was not given."""
-    names = ("model", "batch_size", "iterations", "warmup", "matmul_size", "calibration_images")
-    values = {name: getattr(FLAGS, name) for name in names}
-    if FLAGS.quick:
-        values.update({name: QUICK[name] for name in names if not FLAGS[name].present})
-    return values
-
-
 def peer_model(builder, size):
     """keras.applications' ResNet of the same depth (50, 101, 152) at the same input size;
     ResNet50 for any other net, so the rows still have a reference."""
@@ -97,20 +89,6 @@ def peer_model(builder, size):
     depth = builder.spec.depth if builder.spec.stem == "imagenet" and builder.residual else 50
     constructor = getattr(keras.applications, f"ResNet{depth}", keras.applications.ResNet50)
     return constructor(weights=None, input_shape=(*size, 3))
-
-
-def trained_batch_norms(model, seed=0):
-    """`model` with every BN given the statistics and scale of a trained net instead of the
-    identity: untrained BNs fold into zero conv biases, which the frozen serving graph drops."""
-    import keras
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shapes = [tuple(w.shape) for w in layer.weights]
-            layer.set_weights([rng.uniform(0.5, 1.5, shape).astype("float32") for shape in shapes])
-    return model
 
 
 def one_batch_dataset(batch):
@@ -213,10 +191,8 @@ def main(argv):
     unknown = sorted(set(FLAGS.rows) - set(ROWS))
     if unknown:
         raise app.UsageError(f"--rows {unknown} unknown; choose from {', '.join(ROWS)}")
-    run = settings()
-    for name in ("batch_size", "iterations", "matmul_size", "calibration_images"):
-        if run[name] < 1:
-            raise app.UsageError(f"--{name}={run[name]} must be >= 1")
+    run = timing.settings(FLAGS, QUICK)
+    timing.require_positive(run, ("batch_size", "iterations", "matmul_size", "calibration_images"))
     if FLAGS.saved_model_inter_op_threads < 0:
         raise app.UsageError(
             f"--saved_model_inter_op_threads={FLAGS.saved_model_inter_op_threads} must be >= 0 (0: TensorFlow's default)"
@@ -226,14 +202,16 @@ def main(argv):
     from keras_resnet import count_flops, get_builder
     from keras_resnet.export.sources import ModelSource
     from keras_resnet.preprocessing import preprocess_input
+    from keras_resnet.testing import sample_photos, with_trained_statistics
 
     try:
         builder = get_builder(run["model"])
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     wanted = set(FLAGS.rows)
-    model = trained_batch_norms(builder(weights=None))
+    model = builder(weights=None)
     size = model.input_shape[1:3]
+    with_trained_statistics(model, preprocess_input(sample_photos(size[0], count=16), "caffe"))
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(run["batch_size"], *size, 3)).astype("float32")
     calibration = rng.uniform(0, 255, size=(run["calibration_images"], *size, 3)).astype("float32")
@@ -266,30 +244,30 @@ def main(argv):
 
 def report(run, rows, skipped, peak, own_flops, size):
     """Print the table and write --json."""
-    print(
+    timing.print_title(
         f"{run['model']} at {size[0]}x{size[1]}, batch {run['batch_size']}, {run['iterations']} interleaved calls per row "
         f"after {run['warmup']} warm-up; {own_flops / 2e9:.3f} GMAC per image; fp32 matmul {run['matmul_size']}^2: "
-        f"{peak:.1f} GFLOP/s{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}"
+        f"{peak:.1f} GFLOP/s",
+        FLAGS.quick,
     )
     timing.print_table(rows, "x keras.app")
     timing.print_skipped(skipped)
     if FLAGS.json:
-        result = {
-            **timing.header(),
-            "versions": timing.versions("tensorflow", "keras", "onnxruntime", "tf2onnx", "onnx", "numpy"),
-            "quick": FLAGS.quick,
-            "model": run["model"],
-            "image_size": list(size),
-            "batch_size": run["batch_size"],
-            "iterations": run["iterations"],
-            "warmup": run["warmup"],
-            "gmac_per_image": own_flops / 2e9,
-            "saved_model_inter_op_threads": FLAGS.saved_model_inter_op_threads,
-            "peak_gflops": peak,
-            "rows": rows,
-            "skipped": skipped,
-        }
-        timing.write_json(FLAGS.json, result)
+        timing.write_result(
+            FLAGS.json,
+            packages=("tensorflow", "keras", "onnxruntime", "tf2onnx", "onnx", "numpy"),
+            quick=FLAGS.quick,
+            rows=rows,
+            model=run["model"],
+            image_size=list(size),
+            batch_size=run["batch_size"],
+            iterations=run["iterations"],
+            warmup=run["warmup"],
+            gmac_per_image=own_flops / 2e9,
+            saved_model_inter_op_threads=FLAGS.saved_model_inter_op_threads,
+            peak_gflops=peak,
+            skipped=skipped,
+        )
 
 
 if __name__ == "__main__":

@@ -5,19 +5,20 @@ is images/s per core for a pipeline that keeps every core busy, and stays meanin
 a machine shared with other work; wall-clock images/s are printed beside it.
 
 Writes JPEG TFRecord shards in the format of TensorFlow's ImageNet tooling (500x375
-photos-like images by default), then times, in the same run and on the same files:
+photos-like images by default), then times, in the same run and on the same files, in
+--rounds alternating rounds (the median counts):
   decode     parse + full JPEG decode + batch: the floor of the work
   scale      make_input_fn's training view (the paper's scale augmentation, section 3.4)
   inception  make_input_fn with augment="inception"
   naive      full decode, resize to the sampled scale, random crop (for reference)
 
-    python bench/input_pipeline.py --quick --json /tmp/bench.json
+    python bench/input_pipeline.py --json /tmp/input_pipeline.json
+    python bench/input_pipeline.py --quick --json /tmp/input_pipeline.json   # smoke run
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 import tempfile
@@ -27,19 +28,27 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import timing  # noqa: E402  (bench/timing.py, beside this script)
+
+PIPELINES = ("decode", "scale", "inception", "naive")
+WARMUP_BATCHES = 5
+QUICK = {"num_images": 256, "batches": 16, "rounds": 2}
+
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "A short run: fewer images and batches.")
-flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
+flags.DEFINE_bool(
+    "quick",
+    False,
+    "Smoke run: 256 images, 16 batches, 2 rounds where those flags are not given; proves the script works, "
+    "its figures mean nothing.",
+)
+flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
 flags.DEFINE_integer("num_images", 512, "JPEGs written, in one shard per core (at least 2).")
 flags.DEFINE_integer("width", 500, "Width of the written JPEGs.")
 flags.DEFINE_integer("height", 375, "Height of the written JPEGs.")
 flags.DEFINE_integer("batch_size", 32, "Batch size of every pipeline.")
-flags.DEFINE_integer("batches", 60, "Timed batches per pipeline (after 5 warm-up batches).")
-flags.DEFINE_list("pipelines", ["decode", "scale", "inception", "naive"], "Pipelines to time.")
-flags.DEFINE_integer("rounds", 3, "Each pipeline is timed this many times, alternating; the best counts.")
-
-PIPELINES = ("decode", "scale", "inception", "naive")
-WARMUP_BATCHES = 5
+flags.DEFINE_integer("batches", 60, f"Timed batches per pipeline and round (after {WARMUP_BATCHES} warm-up batches).")
+flags.DEFINE_list("pipelines", list(PIPELINES), f"Pipelines to time, a comma list from {','.join(PIPELINES)}.")
+flags.DEFINE_integer("rounds", 3, "Each pipeline is timed this many times, alternating; the median counts.")
 
 
 def photo_like(rng, height, width):
@@ -153,40 +162,58 @@ def main(argv):
     unknown = sorted(set(FLAGS.pipelines) - set(PIPELINES))
     if unknown or "decode" not in FLAGS.pipelines:
         raise app.UsageError(f"--pipelines={FLAGS.pipelines}: choose from {PIPELINES}, 'decode' included")
-    for flag in ("num_images", "width", "height", "batch_size", "batches"):
-        if getattr(FLAGS, flag) < 1:
-            raise app.UsageError(f"--{flag}={getattr(FLAGS, flag)} must be positive")
-    num_images, batches, rounds = (256, 16, 2) if FLAGS.quick else (FLAGS.num_images, FLAGS.batches, FLAGS.rounds)
-    cores = len(os.sched_getaffinity(0))
-    per_core, wall = {}, {}
+    run = timing.settings(FLAGS, QUICK, ("width", "height", "batch_size"))
+    timing.require_positive(run, ("num_images", "width", "height", "batch_size", "batches", "rounds"))
+    import numpy as np
+
+    cores = timing.machine()["cores"]
+    per_core = {name: [] for name in FLAGS.pipelines}
+    wall = {name: [] for name in FLAGS.pipelines}
     with tempfile.TemporaryDirectory() as directory:
-        jpeg_bytes = write_shards(directory, num_images, FLAGS.height, FLAGS.width, max(cores, 2))
-        datasets = {name: build(name, directory, FLAGS.batch_size) for name in FLAGS.pipelines}
-        for _ in range(rounds):
+        jpeg_bytes = write_shards(directory, run["num_images"], run["height"], run["width"], max(cores, 2))
+        datasets = {name: build(name, directory, run["batch_size"]) for name in FLAGS.pipelines}
+        for _ in range(run["rounds"]):
             for name, dataset in datasets.items():
-                cpu_rate, wall_rate = images_per_second(dataset, batches, FLAGS.batch_size)
-                per_core[name] = max(per_core.get(name, 0.0), cpu_rate)
-                wall[name] = max(wall.get(name, 0.0), wall_rate)
-    ratio = {name: rate / per_core["decode"] for name, rate in per_core.items()}
-    print(f"{num_images} JPEGs {FLAGS.width}x{FLAGS.height}, mean {jpeg_bytes / 1024:.0f} KB, {cores} CPU cores")
-    for name in per_core:
+                cpu_rate, wall_rate = images_per_second(dataset, run["batches"], run["batch_size"])
+                per_core[name].append(cpu_rate)
+                wall[name].append(wall_rate)
+    decode = float(np.median(per_core["decode"]))
+    rows = [
+        {
+            "name": name,
+            "images_per_s_per_core": float(np.median(per_core[name])),
+            "images_per_s": float(np.median(wall[name])),
+            "per_core_ratio_to": "decode",
+            "per_core_ratio": float(np.median(per_core[name])) / decode,
+        }
+        for name in FLAGS.pipelines
+    ]
+    report(run, rows, cores, jpeg_bytes)
+
+
+def report(run, rows, cores, jpeg_bytes):
+    """Print the table and write --json."""
+    timing.print_title(
+        f"{run['num_images']} JPEGs {run['width']}x{run['height']}, mean {jpeg_bytes / 1024:.0f} KB, batch "
+        f"{run['batch_size']}, {cores} CPU cores; median of {run['rounds']} alternating rounds of {run['batches']} "
+        f"batches per pipeline",
+        FLAGS.quick,
+    )
+    print(f"{'pipeline':{timing.NAME_WIDTH}s} {'per core':>9s} {'x decode':>9s} {'wall':>9s}  (images/s)")
+    for r in rows:
         print(
-            f"  {name:10s} {per_core[name]:7.1f} images/s per core  {ratio[name]:.2f}x decode"
-            f"   ({wall[name]:.1f} images/s wall clock)"
+            f"{r['name']:{timing.NAME_WIDTH}s} {r['images_per_s_per_core']:9.1f} {r['per_core_ratio']:8.2f}x "
+            f"{r['images_per_s']:9.1f}"
         )
     if FLAGS.json:
-        result = {
-            "cores": cores,
-            "images": num_images,
-            "image_size": [FLAGS.height, FLAGS.width],
-            "mean_jpeg_bytes": jpeg_bytes,
-            "batch_size": FLAGS.batch_size,
-            "images_per_second_per_core": per_core,
-            "images_per_second_wall": wall,
-            "ratio_to_decode": ratio,
-        }
-        with open(FLAGS.json, "w") as f:
-            json.dump(result, f, indent=2)
+        timing.write_result(
+            FLAGS.json,
+            packages=("tensorflow", "numpy", "pillow"),
+            quick=FLAGS.quick,
+            rows=rows,
+            **run,
+            mean_jpeg_bytes=jpeg_bytes,
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""The one timing helper of the bench scripts: interleaved runs, medians, machine facts, JSON.
+"""The helpers every bench script shares: its settings, synthetic batches, interleaved timing,
+medians, machine facts, the printed table and the JSON result.
 
-Framework-free (numpy and the standard library; Keras, on whichever backend is installed,
-only inside `matmul_gflops`), so `bench/gpu.py` uses it on a machine without TensorFlow.
-Every timed callable must return only once its work is done (`.numpy()`, a host copy, or a
-device synchronisation), so a call's wall time is the batch's time.
+Framework-free (numpy, absl and the standard library; Keras, on whichever backend is
+installed, only inside `matmul_gflops`), so `bench/gpu.py` uses it on a machine without
+TensorFlow. Every timed callable must return only once its work is done (`.numpy()`, a host
+copy, or a device synchronisation), so a call's wall time is the batch's time.
 """
 
 from __future__ import annotations
@@ -20,12 +21,38 @@ import sys
 import time
 
 import numpy as np
+from absl import app
 
 ROW_FIELDS = ("name", "images_per_s", "p50_ms", "p99_ms", "gflops_per_s", "peak_fraction")
 
 
 SETTLE_S = 0.05
-NAME_WIDTH = 44  # the longest row name, keras_resnet_resnet50_bfloat16_xla_rounded, fits
+NAME_WIDTH = 44  # the longest row name, keras_applications_resnet50_bfloat16_xla, fits
+QUICK_NOTE = " (QUICK: smoke run, figures meaningless)"
+
+
+def settings(flag_values, quick, names=()):
+    """{flag: value} of the flags `names` and those in `quick`, with `quick`'s small values
+    where --quick is set and the flag was not given on the command line."""
+    values = {name: flag_values[name].value for name in (*names, *quick)}
+    if flag_values.quick:
+        values.update({name: value for name, value in quick.items() if not flag_values[name].present})
+    return values
+
+
+def require_positive(run, names):
+    """A usage error naming the first of `names` whose value in `run` is below 1."""
+    for name in names:
+        if run[name] < 1:
+            raise app.UsageError(f"--{name}={run[name]} must be >= 1")
+
+
+def synthetic_batch(batch_size, size, classes, seed=0):
+    """Random normalised images (NHWC float32) and int32 labels: a step's speed does not depend
+    on their values."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch_size, size, size, 3)).astype("float32")
+    return images, rng.integers(0, classes, size=batch_size).astype("int32")
 
 
 def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S):
@@ -34,8 +61,8 @@ def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S):
     Each is first called `warmup` times (tracing, compilation, caches); then every round
     runs each once, so a slow spell of a shared machine falls on all rows alike. Each timed
     call starts `settle_s` after the previous one ended, so the previous runtime's idle
-    threads have stopped spinning: onnxruntime's spin on after a run, and on 2 cores the
-    TensorFlow call right after one lost 3-4 % to them (BENCHMARKS.md, table 1).
+    threads have stopped spinning (onnxruntime's spin on after a run and would slow the
+    next row on a machine with few cores).
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -181,6 +208,17 @@ def print_skipped(skipped):
     """One line per row that did not run, with why."""
     for name, reason in skipped.items():
         print(f"{name:{NAME_WIDTH}s} skipped: {reason}")
+
+
+def print_title(line, quick):
+    """The table's title line: what was run, marked as a smoke run under --quick."""
+    print(line + (QUICK_NOTE if quick else ""))
+
+
+def write_result(path, *, packages, quick, rows, **fields):
+    """The JSON result every script writes: header (date, command, machine), the `packages`'
+    versions, --quick, the run's `fields`, then the rows."""
+    write_json(path, {**header(), "versions": versions(*packages), "quick": quick, **fields, "rows": rows})
 
 
 def write_json(path, result):

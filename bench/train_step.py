@@ -7,13 +7,6 @@ Rows, all on the same synthetic batch, interleaved (A B A B) after warm-up:
                         net in keras_applications_resnet50, keras_resnet_resnet50,
                         keras_resnet_<--cifar_model>; dtype float32 or bfloat16 (the
                         mixed_bfloat16 policy, set while the models are built and restored)
-  keras_resnet_resnet50_bfloat16_xla_rounded
-                        a diagnostic, not a model keras_resnet ships: its bfloat16 XLA step
-                        with an XLA optimization barrier after each convolution, which keeps
-                        the conv outputs rounded to bfloat16 before batch norm, as
-                        keras.applications' bias add does (XLA:CPU otherwise feeds batch norm
-                        the float32 result; BENCHMARKS.md, table 2). Uses TensorFlow's
-                        internal `tf2xla` optimization barrier.
   trainer_step          the trainer's step (keras_resnet.training.loop.make_train_step:
                         strategy.run, L2 penalty, error counts) fed by a tf.data iterator,
                         on the --cifar_model, float32: compare with its bare float32 row
@@ -44,16 +37,14 @@ import timing  # noqa: E402  (bench/timing.py, beside this script)
 DTYPES = ("float32", "bfloat16")
 REFERENCE_NET = "keras_applications_resnet50"
 TRAINER_ROWS = ("trainer_step", "trainer_loop")
-ROUNDED_ROW = "keras_resnet_resnet50_bfloat16_xla_rounded"
 QUICK = {"batch_size": 2, "cifar_batch_size": 2, "image_size": 32, "iterations": 2, "warmup": 1, "matmul_size": 512}
-# Every code path once (both ResNet-50s, bfloat16 with XLA, the rounded diagnostic, the trainer)
+# Every code path once (both ResNet-50s, bfloat16 with XLA, the trainer)
 # without tracing all fifteen training graphs: a smoke run in about a minute of CPU time.
 QUICK_ROWS = (
     "keras_applications_resnet50_float32",
     "keras_resnet_resnet50_float32",
     "keras_resnet_{cifar}_float32",
     "keras_resnet_{cifar}_bfloat16_xla",
-    ROUNDED_ROW,
     *TRAINER_ROWS,
 )
 
@@ -75,14 +66,6 @@ flags.DEFINE_list("rows", None, "Rows to run (comma list); default all (the modu
 flags.DEFINE_integer("iterations", 10, "Timed steps per row (interleaved rounds); also the trainer loop's log window.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per row before timing (tracing, XLA compilation).")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmuls that measure the float32 and bfloat16 peaks.")
-
-
-def settings():
-    """The flags, with --quick's small sizes where a flag was not given."""
-    values = {name: getattr(FLAGS, name) for name in ("cifar_model", *QUICK)}
-    if FLAGS.quick:
-        values.update({name: value for name, value in QUICK.items() if not FLAGS[name].present})
-    return values
 
 
 def nets(cifar_model):
@@ -110,16 +93,7 @@ def nets(cifar_model):
 def all_rows(cifar_model):
     """Every row name, in printing order."""
     bare = [f"{net}_{dtype}{suffix}" for net in nets(cifar_model) for dtype in DTYPES for suffix in ("", "_xla")]
-    return bare + [ROUNDED_ROW, *TRAINER_ROWS]
-
-
-def synthetic_batch(batch_size, size, classes, seed=0):
-    """Random normalised images and labels: the step's speed does not depend on their values."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((batch_size, size, size, 3)).astype("float32")
-    return images, rng.integers(0, classes, size=batch_size).astype("int32")
+    return bare + list(TRAINER_ROWS)
 
 
 def bare_step(model, optimizer, images, labels, jit_compile):
@@ -162,14 +136,6 @@ def bare_calls(run, wanted):
                 model = make((size, size, 3))
             calls.update(steps(model, names, batch_size, size))
             work.update(dict.fromkeys(names, (batch_size, dtype, 3 * 2 * count_flops(model))))
-    if ROUNDED_ROW in wanted:
-        size = run["image_size"]
-        make_resnet50, _ = nets(run["cifar_model"])["keras_resnet_resnet50"]
-        with dtype_policy("bfloat16"):
-            plain = make_resnet50((size, size, 3))
-            model = rounded_after_convs(plain)
-        calls.update(steps(model, {ROUNDED_ROW: True}, run["batch_size"], size))
-        work[ROUNDED_ROW] = (run["batch_size"], "bfloat16", 3 * 2 * count_flops(plain))
     return calls, work
 
 
@@ -179,34 +145,8 @@ def steps(model, names, batch_size, size):
     import keras
 
     optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
-    images, labels = synthetic_batch(batch_size, size, model.output_shape[-1])
+    images, labels = timing.synthetic_batch(batch_size, size, model.output_shape[-1])
     return {name: bare_step(model, optimizer, images, labels, xla) for name, xla in names.items()}
-
-
-def rounded_after_convs(model):
-    """A copy of `model` whose every Conv2D output passes an XLA optimization barrier, so that
-    XLA cannot fuse away the conv output's rounding to the compute dtype (the ROUNDED_ROW)."""
-    import keras
-    import tensorflow as tf
-    from tensorflow.compiler.tf2xla.python import xla
-
-    @tf.custom_gradient
-    def barrier(x):
-        return xla.optimization_barrier(x)[0], lambda gradient: gradient
-
-    class RoundedConv(keras.layers.Layer):
-        def __init__(self, conv):
-            super().__init__(name=f"{conv.name}_rounded", dtype=conv.dtype_policy)
-            self.conv = conv
-
-        def call(self, inputs):
-            return barrier(self.conv(inputs))
-
-    def clone(layer):
-        copy = layer.__class__.from_config(layer.get_config())
-        return RoundedConv(copy) if isinstance(layer, keras.layers.Conv2D) else copy
-
-    return keras.models.clone_model(model, clone_function=clone)
 
 
 def trainer_inputs(batch_size, classes):
@@ -215,7 +155,7 @@ def trainer_inputs(batch_size, classes):
 
     from keras_resnet.training import Inputs
 
-    images, labels = synthetic_batch(batch_size, 32, classes)
+    images, labels = timing.synthetic_batch(batch_size, 32, classes)
     train_fn = lambda context: tf.data.Dataset.from_tensors((images, labels)).repeat()  # noqa: E731
     return Inputs(
         train_fn, None, num_examples=1000 * batch_size, num_classes=classes, image_size=(32, 32), preprocess_mode="tf"
@@ -297,16 +237,14 @@ def cifar_builder(name):
 
 def main(argv):
     del argv
-    run = settings()
+    run = timing.settings(FLAGS, QUICK, ("cifar_model",))
     cifar_builder(run["cifar_model"])
     names = all_rows(run["cifar_model"])
     quick_rows = [name.format(cifar=run["cifar_model"]) for name in QUICK_ROWS]
     wanted = set(FLAGS.rows or (quick_rows if FLAGS.quick else names))
     if wanted - set(names):
         raise app.UsageError(f"--rows {sorted(wanted - set(names))} unknown; choose from {', '.join(names)}")
-    for name in ("batch_size", "cifar_batch_size", "iterations", "matmul_size"):
-        if run[name] < 1:
-            raise app.UsageError(f"--{name}={run[name]} must be >= 1")
+    timing.require_positive(run, ("batch_size", "cifar_batch_size", "iterations", "matmul_size"))
     if run["image_size"] < 32:
         raise app.UsageError(f"--image_size={run['image_size']} must be >= 32 (the nets reduce by 32)")
     from keras_resnet import count_flops
@@ -333,10 +271,7 @@ def main(argv):
 
 def reference_row(name, cifar_model):
     """What a row is compared with: an ImageNet net's row with keras.applications' at the same
-    dtype and XLA setting (the rounded row with keras.applications' bfloat16 XLA step); the
-    CIFAR and trainer rows with the bare float32 CIFAR step."""
-    if name == ROUNDED_ROW:
-        return REFERENCE_NET + "_bfloat16_xla"
+    dtype and XLA setting; the CIFAR and trainer rows with the bare float32 CIFAR step."""
     for net in (REFERENCE_NET, "keras_resnet_resnet50"):
         if name.startswith(net + "_"):
             return REFERENCE_NET + name[len(net) :]
@@ -345,11 +280,12 @@ def reference_row(name, cifar_model):
 
 def report(run, rows, peaks):
     """Print the table and write --json."""
-    print(
+    timing.print_title(
         f"training steps: ImageNet nets at {run['image_size']}x{run['image_size']} batch {run['batch_size']}, "
         f"{run['cifar_model']} at 32x32 batch {run['cifar_batch_size']}; {run['iterations']} interleaved steps per row "
         f"after {run['warmup']} warm-up; matmul {run['matmul_size']}^2: float32 {peaks['float32']:.1f}, bfloat16 "
-        f"{peaks['bfloat16']:.1f} GFLOP/s{' (QUICK: smoke run, figures meaningless)' if FLAGS.quick else ''}"
+        f"{peaks['bfloat16']:.1f} GFLOP/s",
+        FLAGS.quick,
     )
     timing.print_table(rows, "ratio")
     print(
@@ -357,16 +293,15 @@ def report(run, rows, peaks):
         f"{run['cifar_model']} and trainer rows over keras_resnet_{run['cifar_model']}_float32 (the bare step)"
     )
     if FLAGS.json:
-        result = {
-            **timing.header(),
-            "versions": timing.versions("tensorflow", "keras", "numpy"),
-            "quick": FLAGS.quick,
+        timing.write_result(
+            FLAGS.json,
+            packages=("tensorflow", "keras", "numpy"),
+            quick=FLAGS.quick,
+            rows=rows,
             **run,
-            "peak_gflops": peaks["float32"],
-            "peak_gflops_bfloat16": peaks["bfloat16"],
-            "rows": rows,
-        }
-        timing.write_json(FLAGS.json, result)
+            peak_gflops=peaks["float32"],
+            peak_gflops_bfloat16=peaks["bfloat16"],
+        )
 
 
 if __name__ == "__main__":
