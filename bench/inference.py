@@ -95,8 +95,8 @@ def one_batch_dataset(batch):
     """The batch as `predict`'s input: a one-element tf.data.Dataset with autotuning off.
 
     Given arrays, `predict` builds an autotuned pipeline, and dropping its iterator waits for
-    the autotune thread's next wake-up: ~0.6 s idle in about half the calls, for any net. That
-    wait is tf.data's, and it would decide the predict ratio by which calls it hit."""
+    the autotune thread's next wake-up, idle in some calls and not others, for any net
+    (BENCHMARKS.md, "Keras' predict teardown stall"). That wait is tf.data's, and it would decide the predict ratio by which calls it hit."""
     import tensorflow as tf
 
     options = tf.data.Options()
