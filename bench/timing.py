@@ -109,9 +109,9 @@ def matmul_gflops(size=4096, dtype="float32", iterations=10, min_call_s=0.1):
     the roofline the convolutions are measured against, taken in the same process, on the
     default device of whichever Keras backend is installed (tf.linalg.matmul under TensorFlow).
 
-    Each timed call queues enough products to last about `min_call_s`: on a GPU one 8192^2
-    product takes ~1.4 ms, about what a call's dispatch and host sync cost, so timing single
-    products reported half the rate."""
+    Each timed call queues enough products to last about `min_call_s`: on a GPU one large
+    product lasts about as long as a call's dispatch and host sync, so timing single products
+    would under-report the rate."""
     import keras
     from keras import ops
 

@@ -188,7 +188,7 @@ H200_TRACES = os.path.join(REPO, "tests", "data", "h200_traces")
 @pytest.mark.parametrize("row, wall_ms", [("keras_resnet_jit_inference", 10.68), ("torchvision_inference", 11.84)])
 def test_profile_summary_of_real_gpu_traces(row, wall_ms):
     """Traces that jax.profiler and torch.profiler wrote on an H200 (gpu.py --stride_in 3x3
-    --profile, 3 calls of ResNet-50 at batch 256, BENCHMARKS.md table 3; wall_ms is the row's
+    --profile, 3 calls of ResNet-50 at batch 256, BENCHMARKS.md "GPU kernel profile"; wall_ms is the row's
     p50 in that run). CI has no GPU, so this is where the GPU side of --profile is read: the GPU
     was busy for most of each call and never longer than it, and cuDNN's convolutions, found by
     name, took between a third and four fifths of that."""
