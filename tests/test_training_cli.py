@@ -112,3 +112,34 @@ def test_tf_config_that_is_not_json_is_a_clear_error(tmp_path):
     done = run("cifar10.py", "--strategy=multi_worker", f"--model_dir={tmp_path / 'run'}", TF_CONFIG="{worker: [a]}")
     assert done.returncode == 1 and "error: TF_CONFIG is not JSON" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_the_flags_by_topic_and_the_flagfile_route():
+    done = run("cifar10.py", "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout
+    headers = [f"\n{topic}:\n" for topic in cli.TOPICS] + ["\ntrain/cifar10.py:\n", "\nconfig files: --flagfile=FILE"]
+    positions = [text.index(header) for header in headers]
+    assert positions == sorted(positions)
+    for (topic, names), start, end in zip(cli.TOPICS.items(), positions, positions[1:]):
+        section = text[start:end]
+        for name in names:
+            assert f"--{name}:" in section or f"--[no]{name}:" in section, (topic, name)
+    assert "--[no]demo:" in text[positions[-2] :]
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    assert fields == {name for names in cli.TOPICS.values() for name in names}
+
+
+def test_flagfile_is_the_config_file_route(tmp_path):
+    flagfile = tmp_path / "r56.flags"
+    flagfile.write_text(
+        "# ResNet-56, eight loops of 50 per log line\n--model=resnet56\n--steps_per_loop=50\n--seed=3\n"
+    )
+    values = flags.FlagValues()
+    cli.define_flags(recipe("cifar"), values)
+    values(["train", f"--flagfile={flagfile}", "--seed=4"])  # later flags override the file
+    assert cli.config_from_flags(values) == recipe("cifar", model="resnet56", steps_per_loop=50, seed=4)
+    flagfile.write_text("--steps_per_loop=0\n")
+    done = run("cifar10.py", f"--flagfile={flagfile}", f"--model_dir={tmp_path / 'run'}")
+    assert done.returncode == 1 and "error: steps_per_loop=0 must be >= 1" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

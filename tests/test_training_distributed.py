@@ -172,3 +172,79 @@ def test_multi_worker_with_two_processes_equals_default(reference):
     assert "2 replica(s) (multi_worker)" in outputs[0]
     assert_same_weights(run_weights(root, "multi_worker"), run_weights(root, "default_in_order"), 1e-5)
     assert os.listdir(root / "multi_worker" / "checkpoints")  # the chief's copy; the other worker's was scratch
+
+
+LOSING = COMMON + textwrap.dedent(
+    """
+    from absl import app
+    from keras_resnet.training import cli
+
+    def run():
+        return loop.train(config("losing", strategy="multi_worker", train_steps=100000, checkpoint_interval=10,
+                                 log_interval=10), in_order_inputs(), bn_free_cnn)
+
+    app.run(cli.absl_main(run))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_a_lost_worker_is_one_line_naming_it_and_the_last_checkpoint(tmp_path, fault):
+    """Two local workers; once checkpoint 20 exists worker 1 is killed (its connections reset)
+    or frozen (a host that vanishes without closing its sockets). Worker 0 must say, in one
+    line, which worker was lost, the last checkpoint and to rerun all workers, and exit 75
+    within the detection time README states (about 1 s and 10 s, with a margin here)."""
+    import signal
+    import time
+
+    from keras_resnet.training.preemption import PREEMPTED_STATUS
+
+    script = tmp_path / "losing.py"
+    script.write_text(LOSING)
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path)],
+                env=_env(TF_CONFIG=tf_config),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    checkpoints = tmp_path / "losing" / "checkpoints"
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (checkpoints / "ckpt-20.index").exists():
+            assert all(p.poll() is None for p in processes) and time.monotonic() < deadline
+            time.sleep(0.1)
+        signalled = time.monotonic()
+        processes[1].send_signal(getattr(signal, fault))
+        stdout, stderr = processes[0].communicate(timeout=120)
+        seconds = time.monotonic() - signalled
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert processes[0].returncode == PREEMPTED_STATUS, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    step = int(tf_latest_step(checkpoints))
+    how = "its connection closed" if fault == "SIGKILL" else "it stopped sending heartbeats"
+    assert lines[0].startswith(f"error: lost worker 1 ({workers[1]}): {how}"), lines[0]
+    assert lines[0].endswith(
+        f"The last checkpoint is step {step} ({checkpoints / f'ckpt-{step}'}); rerun all workers (the same command "
+        "on each) to resume from it"
+    ), lines[0]
+    assert "Traceback" not in stderr
+    assert seconds < (15 if fault == "SIGKILL" else 30), seconds
+
+
+def tf_latest_step(directory):
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(str(directory)).rsplit("-", 1)[1]

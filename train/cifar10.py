@@ -34,8 +34,8 @@ def run():
         return
     from keras_resnet.training.loop import train
 
-    train(cli.config_from_flags(FLAGS))
+    return train(cli.config_from_flags(FLAGS))
 
 
 if __name__ == "__main__":
-    app.run(cli.absl_main(run))
+    app.run(cli.absl_main(run), flags_parser=cli.parse_flags)

@@ -61,6 +61,10 @@ def run_demo(model_dir=DEMO_DIR, **overrides):
     print(plan(config), flush=True)
     _clear_previous_demo(model_dir)
     result = train(config)
+    if result.preempted:  # saved and stopped on SIGTERM/Ctrl-C: no test error to report, nothing to export
+        from keras_resnet.training.preemption import PREEMPTED_STATUS
+
+        raise SystemExit(PREEMPTED_STATUS)
     print(
         f"Test error of {config.model} on {config.dataset}: {100 * result.eval['top1_error']:.2f}% "
         f"({result.eval['count']} test images; accuracy {100 * (1 - result.eval['top1_error']):.2f}%). Run dir: {model_dir}/",

@@ -15,22 +15,23 @@ import dataclasses
 import math
 import os
 import shutil
-import signal
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_resnet.training import config as config_lib
-from keras_resnet.training import saved_run
-from keras_resnet.training import schedules
+from keras_resnet.training import preemption, rundir, saved_run, schedules
 from keras_resnet.training import strategy as strategy_lib
 from keras_resnet.training.reporting import Reporter
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 # The summed counts one iteration returns, in the order of the reduced vector.
-TRAIN_SUMS = ("loss_sum", "penalty", "top1_wrong", "top5_wrong", "count", "stop")
+TRAIN_SUMS = ("loss_sum", "penalty", "top1_wrong", "top5_wrong", "count")
 EVAL_SUMS = ("loss_sum", "top1_wrong", "top5_wrong", "count")
+# A loop is cut to about this much work, so a stop request waits at most about this long.
+LOOP_SECONDS = 1.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,28 +62,6 @@ def dtype_policy(dtype):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-@contextlib.contextmanager
-def sigterm_requests():
-    """A dict whose "requested" turns True on SIGTERM (preemption), handler restored on exit.
-
-    Off the main thread (where signals cannot be caught) it never turns True.
-    """
-    state = {"requested": False}
-
-    def handler(signum, frame):
-        state["requested"] = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        yield state
-        return
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def decayed_variables(model, all_weights=False):
@@ -134,7 +113,7 @@ def replica_loss(
     return loss, [tf.reduce_sum(per_example), penalty, top1, top5, count]
 
 
-def make_train_step(
+def make_replica_step(
     model,
     optimizer,
     strategy,
@@ -145,9 +124,8 @@ def make_train_step(
     label_smoothing=0.0,
     jit_compile=False,
 ):
-    """A tf.function running one iteration on every replica: (iterator, stop) -> summed
-    counts TRAIN_SUMS. `stop` (this process's SIGTERM flag) is summed too, so all workers
-    learn of a preemption at the same iteration."""
+    """One iteration on one replica: (images, labels) -> its counts TRAIN_SUMS (forward, loss
+    with the L2 penalty, backward, SGD update)."""
     variables = model.trainable_variables
     decayed = decayed_variables(model, decay_all_weights)
 
@@ -169,18 +147,63 @@ def make_train_step(
     if jit_compile:
         gradients = tf.function(gradients, jit_compile=True)
 
-    def replica_step(images, labels, stop):
+    def replica_step(images, labels):
         grads, sums = gradients(images, labels)
         optimizer.apply_gradients(zip(grads, variables))
-        return tf.stack(sums + [stop])
+        return tf.stack(sums)
 
-    @tf.function(autograph=False)
-    def train_step(iterator, stop):
-        images, labels = next(iterator)
-        per_replica = strategy.run(replica_step, args=(images, labels, stop))
+    return replica_step
+
+
+def synthetic_batch(shape, classes, seed=0):
+    """Random standard-normal images of `shape` [batch, h, w, 3] and labels < classes, as numpy
+    arrays: the batch --synthetic_data keeps on the device (its values do not change the
+    step's speed)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape).astype("float32"), rng.integers(0, classes, shape[0]).astype("int32")
+
+
+def make_train_loop(replica_step, strategy, schedule, optimizer, step, synthetic=None):
+    """A tf.function running up to `steps` iterations on every replica, in a while loop in
+    the graph: (iterator, steps) -> (counts TRAIN_SUMS summed over the iterations run,
+    iterations run, learning rate of the last).
+
+    Before each iteration the learning rate is `schedule(step)`, computed in the graph, and
+    after it the step variable advances and the error warm-up sees the batch's error; the
+    counts stay on the device until the call returns, so the host is reached once per loop.
+    The loop ends early after an iteration whose loss is not finite. `synthetic` (images,
+    labels of one replica's batch) replaces the iterator by that batch, kept on each device
+    as a constant.
+    """
+
+    def iteration(iterator):
+        if synthetic is None:
+            images, labels = next(iterator)
+            per_replica = strategy.run(replica_step, args=(images, labels))
+        else:
+            per_replica = strategy.run(lambda: replica_step(tf.constant(synthetic[0]), tf.constant(synthetic[1])))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    return train_step
+    count, top1 = TRAIN_SUMS.index("count"), TRAIN_SUMS.index("top1_wrong")
+
+    @tf.function
+    def train_loop(iterator, steps):
+        sums = tf.zeros([len(TRAIN_SUMS)])
+        ran = tf.constant(0)
+        lr = schedule(step)
+        go = tf.constant(True)
+        while go and ran < steps:
+            lr = schedule(step)
+            optimizer.learning_rate = tf.cast(lr, tf.float32)
+            counts = iteration(iterator)
+            step.assign_add(1)
+            schedule.observe_train_error(counts[top1] / tf.maximum(counts[count], 1.0))
+            sums += counts
+            ran += 1
+            go = tf.reduce_all(tf.math.is_finite(counts))
+        return sums, ran, lr
+
+    return train_loop
 
 
 def make_eval_step(model, strategy):
@@ -205,10 +228,14 @@ def make_eval_step(model, strategy):
     return eval_step
 
 
-def evaluate(eval_step, dataset):
-    """Top-1/top-5 error and mean loss over a whole distributed eval dataset."""
+def evaluate(eval_step, dataset, stop=None):
+    """Top-1/top-5 error and mean loss over a whole distributed eval dataset; None if `stop`
+    (a StopRequest) is requested before the end (an evaluation is cheap to redo, and a
+    preemption should not wait for it)."""
     total = np.zeros(len(EVAL_SUMS))
     for batch in dataset:
+        if stop is not None and stop.requested:
+            return None
         total += eval_step(batch).numpy()
     sums = dict(zip(EVAL_SUMS, total.tolist()))
     count = max(sums["count"], 1)
@@ -321,31 +348,48 @@ class _Run:
         self.custom_model = model_fn is not None
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.schedule = schedules.from_config(config, base_lr, info["steps_per_epoch"])
-        self.iterator = iter(strategy.distribute_datasets_from_function(_checkpointable(inputs.train_fn)))
-        self.eval_dataset = strategy.distribute_datasets_from_function(inputs.eval_fn) if inputs.eval_fn else None
         tracked = {"model": self.model, "optimizer": self.optimizer, "step": self.step, "schedule": self.schedule}
-        save_iterator = inputs.in_memory if config.checkpoint_iterator is None else config.checkpoint_iterator
-        if save_iterator and isinstance(self.iterator, tf.__internal__.tracking.Trackable):
-            tracked["iterator"] = self.iterator
+        self.iterator, self.synthetic = None, None
+        if config.synthetic_data:
+            per_replica = config.batch_size // strategy.num_replicas_in_sync
+            self.synthetic = synthetic_batch((per_replica, *info["image_size"], 3), config.classes, config.seed or 0)
+        else:
+            self.iterator = iter(strategy.distribute_datasets_from_function(_checkpointable(inputs.train_fn)))
+            save_iterator = inputs.in_memory if config.checkpoint_iterator is None else config.checkpoint_iterator
+            if save_iterator and isinstance(self.iterator, tf.__internal__.tracking.Trackable):
+                tracked["iterator"] = self.iterator
+        self.eval_dataset = strategy.distribute_datasets_from_function(inputs.eval_fn) if inputs.eval_fn else None
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.directory = os.path.join(config.model_dir, saved_run.CHECKPOINT_SUBDIR)
         self.save_directory = strategy_lib.checkpoint_dir(self.directory, strategy)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self.save_directory, max_to_keep=config.keep_checkpoints
-        )
+        self.saved_step, self.saved_path, self.manager = None, None, None
 
     def restore(self):
-        """Resume from the newest checkpoint in model_dir, if any; returns its path or None."""
-        path = tf.train.latest_checkpoint(self.directory)
+        """Resume from the newest readable checkpoint in model_dir, if any (saying which were
+        skipped); returns (its path or None, messages). The CheckpointManager is made after,
+        over the list of checkpoints the restore left."""
+        path, messages = rundir.restore_newest_readable(self.checkpoint, self.directory, chief=self.chief)
         if path is not None:
-            self.checkpoint.restore(path).expect_partial()
-        self.saved_step = int(self.step.numpy()) if path else None
-        return path
+            self.saved_step, self.saved_path = int(self.step.numpy()), path
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.save_directory, max_to_keep=self.config.keep_checkpoints
+        )
+        return path, messages
 
-    def save(self):
-        """Checkpoint at the current step (atomic: TF writes temporary files, then renames)."""
-        self.saved_step = int(self.step.numpy())
-        return self.manager.save(checkpoint_number=self.saved_step)
+    def save(self, stop):
+        """Checkpoint at the current step (atomic: TF writes a `_temp` dir, then renames),
+        never interrupted by the preemption watchdog."""
+        with stop.saving():
+            step = int(self.step.numpy())
+            path = self.manager.save(checkpoint_number=step)
+            self.saved_step, self.saved_path = step, os.path.join(self.directory, os.path.basename(path))
+        return self.saved_path
+
+    def last_checkpoint(self):
+        """The newest checkpoint of this run, in words."""
+        if self.saved_path is None:
+            return "none yet (a rerun starts from scratch)"
+        return f"step {self.saved_step} ({self.saved_path})"
 
     def write_config(self):
         if self.chief:
@@ -360,11 +404,11 @@ class _Run:
             shutil.rmtree(self.save_directory, ignore_errors=True)
 
 
-def step_metrics(sums):
-    """Loss and top-1/top-5 error of one iteration from its summed counts."""
+def step_metrics(sums, steps=1):
+    """Mean loss and top-1/top-5 error of `steps` iterations from their summed counts."""
     count = max(sums["count"], 1)
     return {
-        "loss": sums["loss_sum"] / count + sums["penalty"],
+        "loss": sums["loss_sum"] / count + sums["penalty"] / steps,
         "top1_error": sums["top1_wrong"] / count,
         "top5_error": sums["top5_wrong"] / count,
     }
@@ -374,7 +418,7 @@ def _check_finite(metrics, step, run):
     """NonFiniteLossError naming the step and the last good checkpoint, if the loss is not finite."""
     loss = metrics["loss"]
     if not math.isfinite(loss):
-        last = tf.train.latest_checkpoint(run.directory)
+        last = run.saved_path
         kept = f"the latest checkpoint, {last}, is the last good one" if last else "no checkpoint had been written yet"
         raise NonFiniteLossError(
             f"loss is {loss} at step {step}: training stopped; {kept} (lower --learning_rate, or use --dtype float32)."
@@ -389,33 +433,84 @@ def _start_description(resumed, config):
     return "training from scratch"
 
 
-def _iterate(run, reporter, train_step, eval_step, sigterm):
-    """Run iterations up to train_steps (the loop proper); returns (step, last metrics,
-    last eval metrics or None, preempted)."""
+def _next_multiple(step, interval):
+    return (step // interval + 1) * interval
+
+
+def loop_length(step, config, evaluating, seconds_per_step):
+    """Iterations of the next loop: --steps_per_loop, cut at the next log, checkpoint and
+    evaluation step and at the end, and to about LOOP_SECONDS of work (so that a stop
+    request waits at most that long). The first loop runs one iteration: it traces the
+    graph, and measures nothing useful."""
+    ends = [
+        config.train_steps,
+        _next_multiple(step, config.log_interval),
+        _next_multiple(step, config.checkpoint_interval),
+    ]
+    if evaluating and config.eval_interval:
+        ends.append(_next_multiple(step, config.eval_interval))
+    longest = 1 if seconds_per_step is None else max(1, int(LOOP_SECONDS / seconds_per_step))
+    return max(1, min(min(ends) - step, config.steps_per_loop, longest))
+
+
+def make_agreement(strategy):
+    """A function (stop requested, seconds per step) -> the same for every worker: any
+    worker's stop request and the slowest worker's step time. Under multi_worker each loop
+    boundary is a collective, so that all workers stop at the same step and size their
+    loops alike (loops of different lengths would pair mismatched collectives); elsewhere
+    the values pass through."""
+    if strategy.num_replicas_in_sync == 1 or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return lambda requested, seconds: (requested, seconds)
+
+    @tf.function
+    def agree(values):
+        per_replica = strategy.run(lambda: tf.identity(values))
+        return strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)
+
+    def agreed(requested, seconds):
+        stop, slowest = agree(tf.constant([float(requested), seconds or 0.0], tf.float64)).numpy().tolist()
+        return stop > 0, slowest or None
+
+    return agreed
+
+
+def _iterate(run, reporter, train_loop, eval_step, stop):
+    """Run loops up to train_steps (the loop proper); returns (step, last metrics, last eval
+    metrics or None, preempted)."""
     config = run.config
-    step, metrics, eval_metrics = int(run.step.numpy()), {}, None
+    step, metrics, eval_metrics, seconds_per_step = int(run.step.numpy()), {}, None, None
+    evaluating = run.eval_dataset is not None
+    eval_stop = None if config.strategy == "multi_worker" else stop  # workers must evaluate in step
+    agree = make_agreement(run.strategy)
     while step < config.train_steps:
-        lr = run.schedule(step)
-        run.optimizer.learning_rate = lr
-        stop = tf.constant(float(sigterm["requested"]))
-        sums = dict(zip(TRAIN_SUMS, train_step(run.iterator, stop).numpy().tolist()))
-        step += 1
-        metrics = step_metrics(sums)
-        _check_finite(metrics, step, run)
-        run.step.assign(step)
-        run.schedule.observe_train_error(metrics["top1_error"])
-        reporter.train_step(step, sums, lr)
-        if sums["stop"] > 0:
-            reporter.print(f"SIGTERM: saved {run.save()} at step {step}; exiting (rerun the same command to resume)")
+        stopping, seconds_per_step = agree(stop.requested, seconds_per_step)
+        if stopping:
+            stop.answered = True
+            path = run.save(stop) if run.saved_step != step else run.saved_path
+            reporter.print(
+                f"{stop.signal_name or 'a stop asked by another worker'}: saved {path} at step {step}; exiting with "
+                f"status {preemption.PREEMPTED_STATUS} (preempted: rerun the same command to resume)"
+            )
             return step, metrics, eval_metrics, True
+        steps = loop_length(step, config, evaluating, seconds_per_step)
+        started = time.perf_counter()
+        sums, ran, lr = train_loop(run.iterator, tf.constant(steps))
+        sums, ran, lr = dict(zip(TRAIN_SUMS, sums.numpy().tolist())), int(ran), float(lr)
+        stop.loop_seconds = time.perf_counter() - started
+        seconds_per_step = stop.loop_seconds / ran  # the first loop's includes tracing: the next is short too
+        step += ran
+        metrics = step_metrics(sums, ran)
+        _check_finite(metrics, step, run)
+        reporter.train_steps(step, sums, lr, ran)
         if step % config.checkpoint_interval == 0 and step < config.train_steps:
-            run.save()
-        evaluate_now = config.eval_interval and step % config.eval_interval == 0 and step < config.train_steps
-        if run.eval_dataset is not None and evaluate_now:
-            eval_metrics = evaluate(eval_step, run.eval_dataset)
-            reporter.eval(step, eval_metrics)
-            if run.schedule.observe_eval_error(eval_metrics["top1_error"]):
-                reporter.print(f"eval error plateaued: learning rate divided by {1 / config.lr_decay:g}")
+            run.save(stop)
+        if evaluating and config.eval_interval and step % config.eval_interval == 0 and step < config.train_steps:
+            result = evaluate(eval_step, run.eval_dataset, eval_stop)
+            if result is not None:
+                eval_metrics = result
+                reporter.eval(step, eval_metrics)
+                if run.schedule.observe_eval_error(eval_metrics["top1_error"]):
+                    reporter.print(f"eval error plateaued: learning rate divided by {1 / config.lr_decay:g}")
     return step, metrics, eval_metrics, False
 
 
@@ -425,26 +520,95 @@ def _skipped_records(inputs):
     return counter.count if counter is not None else 0
 
 
+def synthetic_inputs(config):
+    """Inputs of --synthetic_data: no data set is read; the image size and class count are
+    the config's, else those of the model's family (32x32 and 10 classes for CIFAR nets,
+    224x224 and 1000 for ImageNet nets)."""
+    from keras_resnet.training.inputs import Inputs
+
+    size, classes, examples = {"cifar": (32, 10, 50_000), "imagenet": (224, 1000, 1_281_167)}[
+        config_lib.model_family(config.model)
+    ]
+    size = config.image_size or size
+    return Inputs(None, None, examples, config.classes or classes, (size, size), preprocess_mode="tf")
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(model_dir, run_holder):
+    """A full disk (or quota, or file size limit) while writing the run becomes one RunDirError
+    naming the dir and the last checkpoint, not a traceback from wherever the write failed."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        if not rundir.is_disk_full(error):
+            raise
+        last = run_holder[0].last_checkpoint() if run_holder else "none yet"
+        raise rundir.RunDirError(
+            f"no space left writing to {model_dir} ({rundir.first_line(error)}): free some space there or use "
+            f"another --model_dir, then rerun to resume; the last checkpoint is {last}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _worker_loss_is_one_line(strategy_name, run):
+    """Under multi_worker, a collective failing because a peer is gone becomes a
+    WorkerLostError (one line: who, the last checkpoint, rerun all workers)."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        lost = strategy_lib.worker_lost(error, run.last_checkpoint()) if strategy_name == "multi_worker" else None
+        if lost is None:
+            raise
+        raise lost from None
+
+
 def train(config, inputs=None, model_fn=None):
     """Train (or resume) the run of `config` (a TrainConfig); returns a TrainResult.
 
     `inputs` (a `keras_resnet.training.inputs.Inputs`) defaults to the config's data set
-    through `keras_resnet.data`; `model_fn(config, image_size)` -> a Keras model emitting
-    logits replaces the registered `config.model` (for architectures outside the zoo).
-    Every argument is checked before training starts. Under multi_worker no TensorFlow op
-    may run before this call (TF configures its collectives at start-up): make `inputs`
-    whose functions build their datasets when called.
+    through `keras_resnet.data` (or to synthetic_inputs with --synthetic_data);
+    `model_fn(config, image_size)` -> a Keras model emitting logits replaces the registered
+    `config.model` (for architectures outside the zoo). Every argument is checked before
+    training starts, and the run dir is locked (`rundir.acquire_lock`) before anything is
+    written there. Under multi_worker no TensorFlow op may run before this call (TF
+    configures its collectives at start-up): make `inputs` whose functions build their
+    datasets when called.
     """
     config_lib.validate(config)
     strategy = strategy_lib.make_strategy(config.strategy, tpu=config.tpu)
     strategy_lib.check_batch_size(config.batch_size, strategy)
+    lock, notes = None, []
+    if strategy_lib.is_chief(strategy):
+        lock, stale = rundir.acquire_lock(config.model_dir)
+        notes += [stale] if stale else []
+    run_holder = []
+    stop = preemption.StopRequest(
+        last_checkpoint=lambda: run_holder[0].last_checkpoint() if run_holder else "none yet",
+        on_exit=lambda: lock and rundir.release_lock(lock),
+    )
+    try:
+        with preemption.stop_requests(stop), _disk_full_is_one_line(config.model_dir, run_holder):
+            return _train(config, strategy, inputs, model_fn, stop, run_holder, notes)
+    finally:
+        if lock:
+            rundir.release_lock(lock)
+
+
+def _train(config, strategy, inputs, model_fn, stop, run_holder, notes):
+    """train() once the run dir is ours."""
+    directory = os.path.join(config.model_dir, saved_run.CHECKPOINT_SUBDIR)
+    if strategy_lib.is_chief(strategy):
+        removed = rundir.remove_staging(config.model_dir, directory)
+        if removed:
+            notes.append(f"removed {len(removed)} leftover(s) of interrupted writes: {', '.join(removed)}")
     if inputs is None:
         from keras_resnet.training.inputs import make_inputs
 
-        inputs = make_inputs(config)
+        inputs = synthetic_inputs(config) if config.synthetic_data else make_inputs(config)
     _seed_everything(config)
     run = _Run(config, strategy, inputs, model_fn)
-    resumed = run.restore()
+    run_holder.append(run)
+    resumed, messages = run.restore()
     run.write_config()
     config = run.config
     start = int(run.step.numpy())
@@ -456,12 +620,16 @@ def train(config, inputs=None, model_fn=None):
         log_interval=config.log_interval,
         enabled=run.chief,
     )
+    for note in notes + messages + reporter.notes:
+        reporter.print(note)
+    data = "synthetic data (one batch on the device)" if config.synthetic_data else config.dataset
     reporter.print(
-        f"{_start_description(resumed, config)}: {config.model} on {config.dataset}, "
+        f"{_start_description(resumed, config)}: {config.model} on {data}, "
         f"steps {start}..{config.train_steps}, batch {config.batch_size} over {strategy.num_replicas_in_sync} replica(s) "
-        f"({config.strategy}), dtype {config.dtype}, model_dir {config.model_dir}"
+        f"({config.strategy}), dtype {config.dtype}, up to {config.steps_per_loop} steps per loop, "
+        f"model_dir {config.model_dir}"
     )
-    train_step = make_train_step(
+    replica_step = make_replica_step(
         run.model,
         run.optimizer,
         strategy,
@@ -471,15 +639,18 @@ def train(config, inputs=None, model_fn=None):
         label_smoothing=config.label_smoothing,
         jit_compile=config.jit_compile,
     )
+    train_loop = make_train_loop(replica_step, strategy, run.schedule, run.optimizer, run.step, run.synthetic)
     eval_step = make_eval_step(run.model, strategy)
-    with sigterm_requests() as sigterm:
-        step, metrics, eval_metrics, preempted = _iterate(run, reporter, train_step, eval_step, sigterm)
-    if not preempted:
-        if run.saved_step != step:
-            run.save()
-        if run.eval_dataset is not None:
-            eval_metrics = evaluate(eval_step, run.eval_dataset)
-            reporter.eval(step, eval_metrics)
+    with _worker_loss_is_one_line(config.strategy, run):
+        stop.in_loop = True
+        step, metrics, eval_metrics, preempted = _iterate(run, reporter, train_loop, eval_step, stop)
+        stop.in_loop = False
+        if not preempted:
+            if run.saved_step != step:
+                run.save(stop)
+            if run.eval_dataset is not None:
+                eval_metrics = evaluate(eval_step, run.eval_dataset)
+                reporter.eval(step, eval_metrics)
     if _skipped_records(inputs):
         reporter.print(f"skipped {_skipped_records(inputs)} unreadable records (each named on stderr)")
     curves = reporter.close()

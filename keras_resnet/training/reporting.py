@@ -24,25 +24,47 @@ METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
 
 
-def read_metrics(model_dir):
-    """The records of metrics.jsonl ([] if there is none yet)."""
-    path = os.path.join(model_dir, METRICS_NAME)
+def parse_metrics(path):
+    """(records, unreadable line count) of a metrics.jsonl file: a line cut short by a kill
+    (or any line that is not a JSON object with a step) is skipped and counted."""
     if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [], 0
+    records, unreadable = [], 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+            else:
+                unreadable += 1
+    return records, unreadable
+
+
+def read_metrics(model_dir):
+    """The records of metrics.jsonl ([] if there is none yet), unreadable lines skipped."""
+    return parse_metrics(os.path.join(model_dir, METRICS_NAME))[0]
 
 
 def _truncate_metrics(model_dir, step):
-    """Drop records past `step`: a resumed run repeats what a killed run logged after its
-    last checkpoint, and the file should tell one history."""
+    """Drop records past `step` (a resumed run repeats what a killed run logged after its
+    last checkpoint, and the file should tell one history) and unreadable lines; returns a
+    note naming the file if lines were unreadable, else None."""
     from keras_resnet.training.saved_run import atomic_write_bytes
 
-    records = read_metrics(model_dir)
+    path = os.path.join(model_dir, METRICS_NAME)
+    records, unreadable = parse_metrics(path)
     kept = [r for r in records if r["step"] <= step]
-    if len(kept) != len(records):
+    if len(kept) != len(records) or unreadable:
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        atomic_write_bytes(os.path.join(model_dir, METRICS_NAME), text.encode())
+        atomic_write_bytes(path, text.encode())
+    if unreadable:
+        return f"{path}: skipped {unreadable} unreadable line(s) (a write cut short); the other records are kept"
+    return None
 
 
 def format_duration(seconds):
@@ -83,9 +105,11 @@ class Reporter:
         self._window_steps = 0
         self._run_start = time.perf_counter()
         self._bar = None
+        self.notes = []  # what the start found worth saying (printed by the caller)
         if enabled:
             os.makedirs(model_dir, exist_ok=True)
-            _truncate_metrics(model_dir, start_step)
+            note = _truncate_metrics(model_dir, start_step)
+            self.notes += [note] if note else []
             self._writers = {s: tf.summary.create_file_writer(os.path.join(model_dir, s)) for s in ("train", "eval")}
         if self.tty and enabled:
             from tqdm.auto import tqdm
@@ -99,12 +123,12 @@ class Reporter:
         else:
             print(text, flush=True)
 
-    def train_step(self, step, sums, lr):
-        """Add one iteration's summed counts; report if the window is full."""
+    def train_steps(self, step, sums, lr, steps=1):
+        """Add the summed counts of `steps` iterations ending at `step`; report if the window is full."""
         self._window = dict(sums) if self._window is None else {k: self._window[k] + sums[k] for k in sums}
-        self._window_steps += 1
+        self._window_steps += steps
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(steps)
         if step % self.log_interval == 0 or step == self.total_steps:
             self._flush_train(step, lr)
 

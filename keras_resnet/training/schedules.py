@@ -1,35 +1,48 @@
 """Learning-rate schedules of the paper and the usual large-batch additions.
 
-The rate is computed on the host before each step from the iteration and, for the two
-rules that watch the training (ResNet-110's warm-up, section 4.2; divide on plateau,
-section 3.4), from state kept in variables, so that it is checkpointed with the model.
+The rate is a TensorFlow function of the iteration, computed inside the training loop's
+graph before each step (no host round trip), in float64. The two rules that watch the
+training keep their state in variables, checkpointed with the model: ResNet-110's warm-up
+(section 4.2) updates from each step's training error inside the graph; divide-on-plateau
+(section 3.4) decides on the host after each evaluation, and the graph reads its count of
+divisions.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 
 import tensorflow as tf
 
 
+def _float(value):
+    """float64 tensor of a number, list, tensor or variable (Python floats not rounded to float32 first)."""
+    if tf.is_tensor(value) or isinstance(value, tf.Variable):
+        return tf.cast(value, tf.float64)
+    return tf.constant(value, tf.float64)
+
+
 def step_decay(step, base_lr, boundaries, factor=0.1):
     """base_lr times `factor` once per boundary passed (CIFAR-10: 0.1, /10 at 32k and 48k)."""
-    return base_lr * factor ** bisect.bisect_right(list(boundaries), step)
+    if not boundaries:
+        return _float(base_lr)
+    passed = tf.reduce_sum(tf.cast(_float(step) >= _float(list(boundaries)), tf.float64))
+    return base_lr * tf.pow(_float(factor), passed)
 
 
 def cosine_decay(step, base_lr, total_steps):
     """Half a cosine from base_lr to 0 over total_steps (Loshchilov & Hutter 2017)."""
-    progress = min(step, total_steps) / max(1, total_steps)
-    return 0.5 * base_lr * (1 + math.cos(math.pi * progress))
+    progress = tf.minimum(_float(step), float(total_steps)) / max(1, total_steps)
+    return 0.5 * base_lr * (1 + tf.cos(math.pi * progress))
 
 
 def linear_warmup(step, lr, warmup_steps):
     """Gradual warm-up: lr scaled by (step + 1) / warmup_steps during the first steps
     (Goyal et al. 2017, for large batches)."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    return lr
+    if not warmup_steps:
+        return lr
+    step = _float(step)
+    return tf.where(step < warmup_steps, lr * (step + 1) / warmup_steps, lr)
 
 
 class ErrorWarmup(tf.Module):
@@ -47,15 +60,14 @@ class ErrorWarmup(tf.Module):
         self.done = tf.Variable(False, trainable=False, name="done")
 
     def observe(self, batch_error):
-        """Feed one batch's training error; returns whether the warm-up is over."""
-        if bool(self.done.numpy()):
-            return True
-        previous = float(self.running_error.numpy())
-        running = batch_error if previous < 0 else self.decay * previous + (1 - self.decay) * batch_error
+        """Feed one batch's training error (graph ops, run inside the training loop); once
+        the warm-up is over its state stays as it was."""
+        batch_error = _float(batch_error)
+        previous = self.running_error.read_value()
+        running = tf.where(previous < 0, batch_error, self.decay * previous + (1 - self.decay) * batch_error)
+        running = tf.where(self.done, previous, running)
         self.running_error.assign(running)
-        if running < self.threshold:
-            self.done.assign(True)
-        return bool(self.done.numpy())
+        self.done.assign(tf.logical_or(self.done, running < self.threshold))
 
 
 class Plateau(tf.Module):
@@ -113,25 +125,28 @@ class LearningRate(tf.Module):
         self.plateau = plateau
 
     def __call__(self, step):
-        if self.error_warmup is not None and not bool(self.error_warmup.done.numpy()):
-            return self.error_warmup_lr
+        """The rate at iteration `step` (a float64 scalar tensor; graph or eager)."""
         if self.schedule == "steps":
             lr = step_decay(step, self.base_lr, self.boundaries, self.factor)
         elif self.schedule == "cosine":
-            lr = cosine_decay(step - self.warmup_steps, self.base_lr, self.total_steps - self.warmup_steps)
+            lr = cosine_decay(_float(step) - self.warmup_steps, self.base_lr, self.total_steps - self.warmup_steps)
         elif self.schedule == "plateau":
-            lr = self.base_lr * self.factor ** int(self.plateau.drops.numpy())
+            lr = self.base_lr * tf.pow(_float(self.factor), _float(self.plateau.drops))
         else:
-            lr = self.base_lr
-        return linear_warmup(step, lr, self.warmup_steps)
+            lr = _float(self.base_lr)
+        lr = linear_warmup(step, lr, self.warmup_steps)
+        if self.error_warmup is not None:
+            lr = tf.where(self.error_warmup.done, lr, _float(self.error_warmup_lr))
+        return lr
 
     def observe_train_error(self, batch_error):
-        """Training error of the last batch (drives the error warm-up)."""
+        """Training error of the last batch (drives the error warm-up; graph ops)."""
         if self.error_warmup is not None:
             self.error_warmup.observe(batch_error)
 
     def observe_eval_error(self, eval_error):
-        """Top-1 error of an evaluation (drives the plateau schedule); True if divided."""
+        """Top-1 error of an evaluation (drives the plateau schedule, on the host, at the
+        loop boundary after each evaluation); True if divided."""
         return self.plateau is not None and self.plateau.observe(eval_error)
 
 

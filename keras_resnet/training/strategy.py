@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 from keras_resnet.training.config import STRATEGIES
@@ -106,3 +107,47 @@ def checkpoint_dir(directory, strategy):
     if is_chief(strategy):
         return directory
     return tempfile.mkdtemp(prefix=f"worker{strategy.cluster_resolver.task_id}-")
+
+
+class WorkerLostError(RuntimeError):
+    """A multi_worker peer stopped answering (killed, frozen, its host gone)."""
+
+
+def _lost_task(text):
+    """(job, index) of the task a TensorFlow collective error blames, or None."""
+    match = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", text) or re.search(r"/job:(\w+)/task:(\d+)", text)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def worker_lost(error, last_checkpoint):
+    """The WorkerLostError a collective failure under multi_worker means, or None if `error`
+    is something else: one line naming the lost worker (its TF_CONFIG address), the last
+    checkpoint, and that all workers must be rerun.
+
+    TensorFlow reports a killed peer within a second (its connections reset) and a frozen
+    one once it misses heartbeats (about 10 s), as an UnavailableError, DeadlineExceededError
+    or AbortedError from the collective the survivor was running.
+    """
+    import tensorflow as tf
+
+    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)):
+        return None
+    text = str(error)
+    task = _lost_task(text)
+    if task is None:
+        who = "a worker"
+    else:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+        hosts = cluster.get(task[0], [])
+        address = f" ({hosts[task[1]]})" if task[1] < len(hosts) else ""
+        who = f"{task[0]} {task[1]}{address}"
+    if "heartbeat" in text:
+        how = "it stopped sending heartbeats (frozen, or its host gone)"
+    elif "reset by peer" in text or "Socket closed" in text or "Connection refused" in text:
+        how = "its connection closed (the process ended)"
+    else:
+        how = text.strip().splitlines()[-1][:200]
+    return WorkerLostError(
+        f"lost {who}: {how}. The last checkpoint is {last_checkpoint}; rerun all workers (the same command on "
+        "each) to resume from it"
+    )
