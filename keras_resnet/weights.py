@@ -40,6 +40,11 @@ import tempfile
 import h5py
 import keras
 import numpy as np
+# Keras internals, each where Keras exports nothing public: keras.applications' weight file
+# URLs and hashes (read, not copied, so they stay Keras' own); the cache directory that
+# keras.utils.get_file uses ($KERAS_HOME); the reader of the legacy .h5 format's chunked
+# attribute lists, which keras.applications' files are written in; the hash check get_file
+# applies (hashlib would do as a public alternative).
 from keras.src.applications.resnet import BASE_WEIGHTS_PATH, WEIGHTS_HASHES
 from keras.src.backend.config import keras_home
 from keras.src.legacy.saving.legacy_h5_format import load_attributes_from_hdf5_group
