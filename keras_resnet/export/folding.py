@@ -20,6 +20,9 @@ import numpy as np
 from keras import layers
 
 
+# Keras has no public API for a functional graph's edges, so the two helpers below read its
+# nodes (`_inbound_nodes`, `_outbound_nodes`, `_keras_history`); the public model.get_config()
+# lists each layer's inbound layers by name and could replace them.
 def _consumers(layer):
     """The layers that read `layer`'s output."""
     return [node.operation for node in layer._outbound_nodes]
