@@ -249,6 +249,7 @@ def evaluate(eval_step, dataset, stop=None):
 
 def synchronize_batch_norm(model):
     """Make every BatchNormalization layer use statistics of the global batch (all replicas)."""
+    # _flatten_layers reaches BNs inside nested models too; Keras' public model.layers is one level.
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
@@ -356,6 +357,8 @@ class _Run:
         else:
             self.iterator = iter(strategy.distribute_datasets_from_function(_checkpointable(inputs.train_fn)))
             save_iterator = inputs.in_memory if config.checkpoint_iterator is None else config.checkpoint_iterator
+            # TensorFlow exports no public type for "a checkpointable object"; a distributed
+            # iterator is one only for some inputs, so test for the internal base class.
             if save_iterator and isinstance(self.iterator, tf.__internal__.tracking.Trackable):
                 tracked["iterator"] = self.iterator
         self.eval_dataset = strategy.distribute_datasets_from_function(inputs.eval_fn) if inputs.eval_fn else None
