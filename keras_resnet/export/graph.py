@@ -68,6 +68,8 @@ def frozen_inference(model, image_size):
     Frozen, the served graph skips that work on every request (BENCHMARKS.md, Findings).
     tf2onnx freezes the same way.
     """
+    # TensorFlow 2 has no public API that freezes a concrete function's variables (tf.compat.v1's
+    # graph_util works on v1 graphs only); tf2onnx calls the same internal function.
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     spec = tf.TensorSpec([None, *image_size, 3], tf.float32)
