@@ -40,6 +40,7 @@ import tempfile
 import h5py
 import keras
 import numpy as np
+
 # Keras internals, each where Keras exports nothing public: keras.applications' weight file
 # URLs and hashes (read, not copied, so they stay Keras' own); the cache directory that
 # keras.utils.get_file uses ($KERAS_HOME); the reader of the legacy .h5 format's chunked
