@@ -119,6 +119,21 @@ def test_error_curves_from_runs(runs):
         assert train.get_color() == test.get_color()
         drops = [line.get_xdata()[0] for line in axes.get_lines() if line.get_label().startswith("_")]
         assert drops == list(BOUNDARIES)
+        logged_lr = {r["step"]: r["lr"] for r in metrics(runs[model], "train")}
+        for step in drops:  # the trainer's own log: iteration `step` ran at the higher rate, the next at 1/10
+            assert logged_lr[step + 1] == pytest.approx(logged_lr[step] / 10)
+
+
+def test_drops_of_a_plateau_schedule_come_from_the_logged_rates():
+    records = [{"step": s, "lr": lr} for s, lr in ((100, 0.01), (200, 0.1), (300, 0.1), (400, 0.01), (500, 0.001))]
+    assert analysis.learning_rate_drops({"lr_schedule": "plateau"}, records) == (
+        300,
+        400,
+    )  # the warm-up's rise is not one
+    assert analysis.learning_rate_drops({"lr_schedule": "steps", "lr_boundaries": [300, 450, 600]}, records) == (
+        300,
+        450,
+    )
 
 
 def test_errors_table_from_runs(runs):

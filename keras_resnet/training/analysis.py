@@ -62,11 +62,14 @@ def _by_step(records, split):
     return {r["step"]: r for r in records if r["split"] == split}
 
 
-def learning_rate_drops(train_records):
-    """Iterations after which the learning rate was lowered: the last logged iteration before
-    a lower rate is logged. Exact when the drop falls on a multiple of the run's log_interval
-    (the paper's 32k and 48k with the default 100), else early by less than log_interval. A
-    warm-up's rise is not a drop."""
+def learning_rate_drops(config, train_records):
+    """Iterations after which the learning rate was divided: the steps schedule's boundaries
+    (exact, from config.json) up to the last logged iteration; for the data-driven schedules
+    (plateau), the last logged iteration before a lower rate is logged (early by less than
+    log_interval). A warm-up's rise is not a drop."""
+    last = train_records[-1]["step"] if train_records else 0
+    if config.get("lr_schedule") == "steps":
+        return tuple(b for b in config.get("lr_boundaries") or () if b <= last)
     return tuple(
         before["step"] for before, after in zip(train_records, train_records[1:]) if after["lr"] < before["lr"]
     )
@@ -74,6 +77,7 @@ def learning_rate_drops(train_records):
 
 def read_run(model_dir):
     """The curves of one run dir, a ValueError if it is not a run or has no metrics yet."""
+    from keras_resnet.training import saved_run
     from keras_resnet.training.reporting import METRICS_NAME, read_metrics
 
     architecture = _architecture(model_dir)
@@ -91,7 +95,7 @@ def read_run(model_dir):
         train_error=tuple(100 * r["top1_error"] for r in train),
         test_steps=tuple(r["step"] for r in test),
         test_error=tuple(100 * r["top1_error"] for r in test),
-        lr_drops=learning_rate_drops(train),
+        lr_drops=learning_rate_drops(saved_run.read_config(model_dir), train),
         label=architecture.name,
     )
 
