@@ -32,8 +32,9 @@ TRAIN_QUICK_ROWS = (
     "keras_resnet_resnet50_float32",
     "keras_resnet_resnet56_float32",
     "keras_resnet_resnet56_bfloat16_xla",
-    "trainer_step",
-    "trainer_loop",
+    "bare_tiny",
+    "trainer_tiny",
+    "trainer_tiny_loop1",
 )
 GPU_KERAS_ROWS = (
     "keras_resnet_train",
@@ -146,8 +147,8 @@ def test_train_step(runs):
     assert payload["peak_gflops"] > 0 and payload["peak_gflops_bfloat16"] > 0
     rows = check_rows(payload, TRAIN_QUICK_ROWS)
     assert rows["keras_resnet_resnet50_float32"]["ratio_to"] == "keras_applications_resnet50_float32"
-    assert rows["trainer_step"]["ratio_to"] == "keras_resnet_resnet56_float32"
-    assert "trainer_loop" in log
+    assert rows["trainer_tiny"]["x_bare_step_to"] == rows["trainer_tiny_loop1"]["x_bare_step_to"] == "bare_tiny"
+    assert rows["trainer_tiny"]["x_bare_step"] > 0 and "trainer_tiny_loop1" in log
 
 
 def test_gpu_script_under_jax_without_tensorflow(runs):
