@@ -86,6 +86,19 @@ def test_grpc_request_is_answered_by_the_bytes_signature_and_parsed(signatures):
     check_parsed(client.parse_predict_response(predict_pb2.PredictResponse.FromString(response_bytes)), outputs)
 
 
+def test_a_version_label_is_asked_for_by_name(signatures):
+    from tensorflow_serving.apis import predict_pb2
+
+    request = client.predict_request("resnet20", [png(10)], version_label="stable")
+    parsed = predict_pb2.PredictRequest.FromString(request.SerializeToString())
+    assert parsed.model_spec.version_label == "stable" and not parsed.model_spec.HasField("version")
+    assert client.rest_url("http://h:8501", "r20", version_label="stable") == (
+        "http://h:8501/v1/models/r20/labels/stable:predict"
+    )
+    with pytest.raises(ValueError, match="not both"):
+        client.predict_request("resnet20", [png(10)], version=2, version_label="stable")
+
+
 def test_rest_body_is_answered_by_the_bytes_signature_and_parsed(signatures):
     images = [png(3), png(4), png(5, (64, 64))]
     answer, outputs = answer_rest(signatures, json.dumps(client.rest_body(images)))
@@ -130,7 +143,9 @@ def test_command_line_needs_exactly_one_server(tmp_path):
     helped = subprocess.run(
         [sys.executable, "export/client.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
-    assert all(flag in helped.stdout for flag in ("--server", "--rest_url", "--model_name", "--version"))
+    assert all(
+        flag in helped.stdout for flag in ("--server", "--rest_url", "--model_name", "--version", "--version_label")
+    )
 
 
 LIVE = os.environ.get("TF_SERVING_URL")

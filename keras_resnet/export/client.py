@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -46,16 +47,26 @@ def predictions_from_outputs(classes, scores, names=None):
     ]
 
 
-def predict_request(model_name, images, *, signature=BYTES_SIGNATURE, version=None):
-    """A gRPC PredictRequest sending encoded images [batch] to the bytes signature."""
+def check_version(version, version_label):
+    """Refuse asking for both a version number and a version label."""
+    if version is not None and version_label is not None:
+        raise ValueError(f"give a version ({version}) or a version label ({version_label!r}), not both")
+
+
+def predict_request(model_name, images, *, signature=BYTES_SIGNATURE, version=None, version_label=None):
+    """A gRPC PredictRequest sending encoded images [batch] to the bytes signature of the
+    newest version, or of `version`, or of the version models.config labels `version_label`."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
+    check_version(version, version_label)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature
     if version is not None:
         request.model_spec.version.value = int(version)
+    if version_label is not None:
+        request.model_spec.version_label = version_label
     request.inputs[IMAGE_BYTES].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string, shape=[len(images)]))
     return request
 
@@ -79,11 +90,17 @@ def rest_body(images, *, signature=BYTES_SIGNATURE):
     }
 
 
-def rest_url(base_url, model_name, version=None):
-    """`<base>/v1/models/<name>[/versions/<v>]:predict`, TF Serving's REST predict endpoint."""
+def rest_url(base_url, model_name, version=None, version_label=None):
+    """`<base>/v1/models/<name>[/versions/<v> | /labels/<label>]:predict`, TF Serving's REST
+    predict endpoint."""
     if not base_url.startswith(("http://", "https://")):
         raise ValueError(f"REST url {base_url!r} must start with http:// or https://")
-    path = f"/v1/models/{model_name}" + (f"/versions/{int(version)}" if version is not None else "")
+    check_version(version, version_label)
+    path = f"/v1/models/{model_name}"
+    if version is not None:
+        path += f"/versions/{int(version)}"
+    if version_label is not None:
+        path += f"/labels/{urllib.parse.quote(version_label, safe='')}"
     return base_url.rstrip("/") + path + ":predict"
 
 
@@ -101,11 +118,11 @@ def parse_rest_response(body):
     return predictions_from_outputs(columns["top_k_classes"], columns["top_k_scores"], columns.get(CLASS_NAMES))
 
 
-def predict_rest(base_url, model_name, images, *, version=None, timeout=30.0):
+def predict_rest(base_url, model_name, images, *, version=None, version_label=None, timeout=30.0):
     """POST the images to TF Serving's REST API; the top-k Predictions per image."""
     data = json.dumps(rest_body(images)).encode()
     request = urllib.request.Request(
-        rest_url(base_url, model_name, version), data=data, headers={"Content-Type": "application/json"}
+        rest_url(base_url, model_name, version, version_label), data=data, headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
@@ -116,14 +133,15 @@ def predict_rest(base_url, model_name, images, *, version=None, timeout=30.0):
         ) from error
 
 
-def predict_grpc(target, model_name, images, *, version=None, timeout=30.0):
+def predict_grpc(target, model_name, images, *, version=None, version_label=None, timeout=30.0):
     """Send the images over gRPC (host:port, TF Serving's 8500); the top-k Predictions per image."""
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     with grpc.insecure_channel(target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = stub.Predict(predict_request(model_name, images, version=version), timeout=timeout)
+        request = predict_request(model_name, images, version=version, version_label=version_label)
+        response = stub.Predict(request, timeout=timeout)
     return parse_predict_response(response)
 
 

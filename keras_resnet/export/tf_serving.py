@@ -1,12 +1,16 @@
-"""TF Serving's extras beside a SavedModel: warm-up records and the models.config file.
+"""TF Serving's extras beside a SavedModel: warm-up records, the models.config file (with
+version labels) and batching parameters chosen from measured latencies.
 
-Both are built with the tensorflow-serving-api protos, so TF Serving parses them as it
-parses its own.
+Warm-up records and models.config are built with the tensorflow-serving-api protos, so TF
+Serving parses them as it parses its own. BatchingParameters (session_bundle_config.proto)
+is not in that package: `batching_parameters_class` declares the same message, field for
+field, so the file is written and read back by protobuf's own text format.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -15,26 +19,39 @@ from keras_resnet.training import saved_run
 
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG = "models.config"
+BATCHING_PARAMETERS = "batching_parameters.txt"
+CANDIDATE_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+MIN_THROUGHPUT_GAIN = 1.1
+MAX_BATCH_TIMEOUT_S = 0.01
 
 
-def warmup_requests(model_name, image_size, png_bytes):
-    """One PredictionLog per signature (batch 1), so the first real request is not slow."""
+def warmup_requests(model_name, image_size, png_bytes, batch_sizes=(1,)):
+    """One PredictionLog per signature and batch size, so that no first request of a size
+    the server will run (each allowed batch size, with batching) pays for its set-up."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    inputs = {
-        FLOAT_SIGNATURE: (IMAGES, tf.make_tensor_proto(np.full((1, *image_size, 3), 128.0, dtype="float32"))),
-        BYTES_SIGNATURE: (IMAGE_BYTES, tf.make_tensor_proto([png_bytes], dtype=tf.string, shape=[1])),
-    }
     logs = []
-    for signature, (name, tensor) in inputs.items():
-        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-        request.inputs[name].CopyFrom(tensor)
-        logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+    for batch_size in batch_sizes:
+        inputs = {
+            FLOAT_SIGNATURE: (
+                IMAGES,
+                tf.make_tensor_proto(np.full((batch_size, *image_size, 3), 128.0, dtype="float32")),
+            ),
+            BYTES_SIGNATURE: (
+                IMAGE_BYTES,
+                tf.make_tensor_proto([png_bytes] * batch_size, dtype=tf.string, shape=[batch_size]),
+            ),
+        }
+        for signature, (name, tensor) in inputs.items():
+            spec = model_pb2.ModelSpec(name=model_name, signature_name=signature)
+            request = predict_pb2.PredictRequest(model_spec=spec)
+            request.inputs[name].CopyFrom(tensor)
+            logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
     return logs
 
 
-def write_warmup(saved_model_dir, model_name, image_size):
+def write_warmup(saved_model_dir, model_name, image_size, batch_sizes=(1,)):
     """Write `assets.extra/tf_serving_warmup_requests` (TFRecord of PredictionLog) into the dir."""
     import tensorflow as tf
 
@@ -42,9 +59,23 @@ def write_warmup(saved_model_dir, model_name, image_size):
     path = os.path.join(saved_model_dir, WARMUP_PATH)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for log in warmup_requests(model_name, image_size, gray):
+        for log in warmup_requests(model_name, image_size, gray, batch_sizes):
             writer.write(log.SerializeToString())
     return path
+
+
+def read_warmup_batch_sizes(path):
+    """{signature: sorted batch sizes} the warm-up file at `path` sends (read back as TF
+    Serving reads it: TFRecords of PredictionLog)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    sizes = {}
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        (tensor,) = request.inputs.values()
+        sizes.setdefault(request.model_spec.signature_name, set()).add(tensor.tensor_shape.dim[0].size)
+    return {signature: sorted(found) for signature, found in sizes.items()}
 
 
 def integer_versions(model_base):
@@ -54,39 +85,215 @@ def integer_versions(model_base):
     return sorted(int(n) for n in os.listdir(model_base) if n.isdigit() and os.path.isdir(os.path.join(model_base, n)))
 
 
-def models_config_text(base_path, serving_base="/models"):
-    """model_config_list (text proto) naming every model under `base_path` that has a version.
-
-    `serving_base` is where the base path is mounted for TF Serving (the container's /models);
-    None writes the local absolute paths.
-    """
+def read_models_config(base_path):
+    """The ModelServerConfig in `<base_path>/models.config`, or an empty one."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     config = model_server_config_pb2.ModelServerConfig()
+    path = os.path.join(base_path, MODELS_CONFIG)
+    if os.path.isfile(path):
+        with open(path) as f:
+            text_format.Parse(f.read(), config)
+    return config
+
+
+def version_labels(base_path):
+    """{model name: {label: version}} of the current models.config, for versions that exist."""
+    labels = {}
+    for entry in read_models_config(base_path).model_config_list.config:
+        present = set(integer_versions(os.path.join(base_path, entry.name)))
+        kept = {label: version for label, version in entry.version_labels.items() if version in present}
+        if kept:
+            labels[entry.name] = kept
+    return labels
+
+
+def check_label(label):
+    """A version label TF Serving accepts in a request's model_spec: a name, not a number."""
+    if not isinstance(label, str) or not label or label.isdigit() or not all(c.isalnum() or c in "_-." for c in label):
+        raise ValueError(f"version label {label!r} must be letters, digits, '_', '-' or '.', and not all digits")
+    return label
+
+
+def models_config_text(base_path, serving_base="/models", labels=None):
+    """model_config_list (text proto) naming every model under `base_path` that has a version.
+
+    `serving_base` is where the base path is mounted for TF Serving (the container's /models);
+    None writes the local absolute paths. Version labels already in models.config are kept
+    (for versions still there), `labels` ({model name: {label: version}}) added or moved; a
+    labelled model serves its labelled versions and its newest (a `specific` version policy),
+    since TF Serving labels only versions it has loaded.
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    merged = version_labels(base_path)
+    for name, named in (labels or {}).items():
+        merged[name] = {**merged.get(name, {}), **named}
+    config = model_server_config_pb2.ModelServerConfig()
     for name in sorted(os.listdir(base_path)):
-        if integer_versions(os.path.join(base_path, name)):
+        versions = integer_versions(os.path.join(base_path, name))
+        if versions:
             root = os.path.abspath(base_path) if serving_base is None else serving_base.rstrip("/")
             entry = config.model_config_list.config.add()
             entry.name = name
             entry.base_path = f"{root}/{name}"
             entry.model_platform = "tensorflow"
+            if merged.get(name):
+                served = sorted(set(merged[name].values()) | {max(versions)})
+                entry.model_version_policy.specific.versions.extend(served)
+                for label, version in sorted(merged[name].items()):
+                    entry.version_labels[label] = version
     return text_format.MessageToString(config)
 
 
-def write_models_config(base_path, serving_base="/models"):
+def write_models_config(base_path, serving_base="/models", labels=None):
     """Write `<base_path>/models.config` atomically; returns its path."""
     path = os.path.join(base_path, MODELS_CONFIG)
-    saved_run.atomic_write_bytes(path, models_config_text(base_path, serving_base).encode())
+    saved_run.atomic_write_bytes(path, models_config_text(base_path, serving_base, labels).encode())
+    return path
+
+
+def batching_parameters_class():
+    """TF Serving's `tensorflow.serving.BatchingParameters` message (session_bundle_config.proto,
+    which tensorflow-serving-api does not ship), declared with its field names, numbers and types."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/servables/tensorflow/batching_parameters.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+    message = proto.message_type.add(name="BatchingParameters")
+    wrapped = (
+        ("max_batch_size", 1, "Int64Value"),
+        ("batch_timeout_micros", 2, "Int64Value"),
+        ("max_enqueued_batches", 3, "Int64Value"),
+        ("num_batch_threads", 4, "Int64Value"),
+        ("thread_pool_name", 5, "StringValue"),
+    )
+    for name, number, kind in wrapped:
+        message.field.add(
+            name=name,
+            number=number,
+            type=field.TYPE_MESSAGE,
+            type_name=f".google.protobuf.{kind}",
+            label=field.LABEL_OPTIONAL,
+        )
+    message.field.add(name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED)
+    message.field.add(name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+def measure_latencies(run, image_size, batch_sizes=CANDIDATE_BATCH_SIZES, repeats=3):
+    """{batch size: median seconds} of `run(images)` on gray images at each batch size, after
+    one untimed call per size."""
+    latencies = {}
+    for batch_size in batch_sizes:
+        images = np.full((batch_size, *image_size, 3), 128.0, dtype="float32")
+        run(images)
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(images)
+            seconds.append(time.perf_counter() - start)
+        latencies[batch_size] = float(np.median(seconds))
+    return latencies
+
+
+def choose_batching(latencies, num_batch_threads, min_gain=MIN_THROUGHPUT_GAIN, max_timeout_s=MAX_BATCH_TIMEOUT_S):
+    """BatchingParameters from measured latencies ({batch size: seconds per call}).
+
+    allowed_batch_sizes: from 1, each next measured size while it serves at least `min_gain`
+    times the images/s of the last one kept (a bigger batch that serves no more images only
+    adds latency); max_batch_size: the last kept. batch_timeout_micros: the batch-1 latency,
+    at most `max_timeout_s`, so a lone request waits at most as long as its own inference.
+    num_batch_threads: the serving machine's cores (TF Serving's advice for CPUs)."""
+    sizes = sorted(latencies)
+    if not sizes or sizes[0] != 1 or any(latencies[size] <= 0 for size in sizes):
+        raise ValueError(f"latencies {latencies!r} must start at batch 1 and be positive")
+    if not isinstance(num_batch_threads, int) or num_batch_threads < 1:
+        raise ValueError(f"num_batch_threads={num_batch_threads!r} must be an integer >= 1")
+    allowed = [1]
+    for size in sizes[1:]:
+        if size / latencies[size] < min_gain * allowed[-1] / latencies[allowed[-1]]:
+            break
+        allowed.append(size)
+    parameters = batching_parameters_class()()
+    parameters.max_batch_size.value = allowed[-1]
+    parameters.batch_timeout_micros.value = int(round(1e6 * min(latencies[1], max_timeout_s)))
+    parameters.num_batch_threads.value = num_batch_threads
+    parameters.allowed_batch_sizes.extend(allowed)
+    return parameters
+
+
+def measured_batching(graph, log=print, batch_sizes=CANDIDATE_BATCH_SIZES):
+    """BatchingParameters for `graph`'s float signature from its latencies on this machine."""
+    import tensorflow as tf
+
+    function = tf.function(graph.numeric_outputs, input_signature=[graph.images_spec()])
+    latencies = measure_latencies(
+        lambda images: function(images)["probabilities"].numpy(), graph.image_size, batch_sizes
+    )
+    log(
+        "batching: measured "
+        + ", ".join(
+            f"batch {size} {1e3 * seconds:.1f} ms ({size / seconds:.0f} images/s)"
+            for size, seconds in latencies.items()
+        )
+    )
+    return choose_batching(latencies, os.cpu_count() or 1)
+
+
+def serving_batch_sizes(base_path, parameters=None):
+    """The batch sizes a server of `base_path` runs, for warm-up: `parameters`' allowed sizes,
+    else those of the base path's batching_parameters.txt, else batch 1 alone."""
+    path = os.path.join(base_path, BATCHING_PARAMETERS)
+    if parameters is None and os.path.isfile(path):
+        parameters = read_batching_parameters(path)
+    return tuple(parameters.allowed_batch_sizes) if parameters is not None and parameters.allowed_batch_sizes else (1,)
+
+
+def batching_parameters_text(parameters):
+    """The text proto TF Serving's --batching_parameters_file reads."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(parameters)
+
+
+def read_batching_parameters(path):
+    """The BatchingParameters in the text file at `path`."""
+    from google.protobuf import text_format
+
+    with open(path) as f:
+        return text_format.Parse(f.read(), batching_parameters_class()())
+
+
+def write_batching_parameters(base_path, parameters):
+    """Write `<base_path>/batching_parameters.txt` atomically; returns its path."""
+    path = os.path.join(base_path, BATCHING_PARAMETERS)
+    saved_run.atomic_write_bytes(path, batching_parameters_text(parameters).encode())
     return path
 
 
 def serving_instructions(base_path, model_name):
-    """How to serve `<base_path>` with the tensorflow/serving container and query it."""
+    """How to serve `<base_path>` with the tensorflow/serving container and query it (with
+    batching when the base path has batching parameters; labels when models.config has some)."""
     base = os.path.abspath(base_path)
+    options = ""
+    if os.path.isfile(os.path.join(base_path, BATCHING_PARAMETERS)):
+        options += f" \\\n      --enable_batching --batching_parameters_file=/models/{BATCHING_PARAMETERS}"
+    if version_labels(base_path):
+        options += " \\\n      --allow_version_labels_for_unavailable_models"
     return f"""Serve it with TF Serving (REST on 8501, gRPC on 8500):
   docker run --rm -p 8500:8500 -p 8501:8501 -v {base}:/models tensorflow/serving \\
-      --model_config_file=/models/{MODELS_CONFIG}
+      --model_config_file=/models/{MODELS_CONFIG}{options}
 Query it over REST (the bytes signature decodes, resizes and crops on the server):
   printf '{{"signature_name": "serve_image_bytes", "instances": [{{"b64": "%s"}}]}}' "$(base64 -w0 IMAGE.png)" \\
       | curl -s -d @- http://localhost:8501/v1/models/{model_name}:predict
