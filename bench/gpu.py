@@ -27,7 +27,7 @@ peak_fraction is against the bfloat16 matmul rate measured in the same process.
 --profile DIR traces --profile_steps calls of each row after the timing (jax.profiler for the
 Keras rows on JAX, torch.profiler for torch's), keeps the traces there (Perfetto / Chrome JSON,
 gzipped; open them in ui.perfetto.dev) and prints each row's GPU busy time per call, split
-into convolutions and matmuls and the rest, with its largest kernels.
+into convolutions and matmuls and the rest, with its largest kernels (bench/profiling.py).
 
 This script never imports TensorFlow unless it is the Keras backend (the GPU image has JAX
 and PyTorch only), and the torch rows are skipped, with the reason, where torch is missing.
