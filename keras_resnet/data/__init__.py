@@ -82,7 +82,13 @@ naming its file (TFRecords, checked as read) or a ValueError before reading (CIF
 from keras_resnet.data.arrays import cifar_name, digits, load_arrays
 from keras_resnet.data.catalog import LAYOUTS, DatasetInfo
 from keras_resnet.data.info import dataset_info, describe, pixel_mean, streamed_channel_mean
-from keras_resnet.data.pipeline import check_decodable, make_eval_input_fn, make_input_fn, per_replica_batch_size
+from keras_resnet.data.pipeline import (
+    check_decodable,
+    eval_view,
+    make_eval_input_fn,
+    make_input_fn,
+    per_replica_batch_size,
+)
 from keras_resnet.data.skips import SkipCounter
 from keras_resnet.data.sources import detect_source, folder_dataset_name, folder_split
 
@@ -94,6 +100,7 @@ __all__ = [
     "cifar_name",
     "dataset_info",
     "describe",
+    "eval_view",
     "detect_source",
     "digits",
     "folder_dataset_name",

@@ -167,7 +167,7 @@ def streamed_channel_mean(name, data_dir=None, val_split=False):
     )
     count = int(count)
     if not count:
-        raise ValueError(f"no image of {name}'s training split in {data_dir!r} decodes: nothing to take a mean of")
+        raise ValueError(f"no readable image in {name} train ({data_dir}): none decodes, nothing to take a mean of")
     return (total.numpy() / count).astype(np.float32).reshape(1, 1, 3), count
 
 

@@ -80,13 +80,17 @@ def _element_seed(pipeline_seed, index):
 
 
 def _small_dataset(cfg, input_context, loaded):
-    """In-memory sets: shard by example, shuffle all, pad-crop-flip (section 4.2)."""
+    """In-memory sets: shard by example, shuffle all, pad-crop-flip (section 4.2).
+
+    Training reads example `index_shuffle(position % n)` of a per-epoch permutation at
+    each position of an endless counter: the same order a full-set shuffle gives, with
+    no shuffle buffer. The iterator's whole state is then the counter (symbolic
+    checkpointing), so a checkpoint holds a few bytes of it, not the data set.
+    """
     images, labels = loaded
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     if input_context is not None and input_context.num_input_pipelines > 1:
-        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if cfg["cache"]:
-        dataset = dataset.cache("" if cfg["cache"] is True else cfg["cache"])
+        step, start = input_context.num_input_pipelines, input_context.input_pipeline_id
+        images, labels = images[start::step], labels[start::step]
     size, native = cfg["size"], images.shape[1]
 
     def prepare(image):
@@ -96,18 +100,31 @@ def _small_dataset(cfg, input_context, loaded):
         return preprocess_input(image, cfg["mode"], cfg["mean"])
 
     if not cfg["training"]:
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        if cfg["cache"]:
+            dataset = dataset.cache("" if cfg["cache"] is True else cfg["cache"])
         return dataset.map(lambda image, label: (prepare(image), label), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.shuffle(cfg["shuffle_buffer"] or len(labels), seed=cfg["seed"], reshuffle_each_iteration=True)
     seed = _pipeline_seed(cfg["seed"], input_context)
-    return (
-        dataset.repeat()
-        .enumerate()
-        .map(
-            lambda index, example: (views.pad_crop_flip(prepare(example[0]), _element_seed(seed, index)), example[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=cfg["deterministic"],
+    count = len(labels)
+    all_images, all_labels = tf.constant(images), tf.constant(labels)
+
+    def example(position):
+        index = tf.random.experimental.index_shuffle(
+            position % count, _element_seed(seed, position // count), count - 1
         )
+        image = views.pad_crop_flip(prepare(tf.gather(all_images, index)), _element_seed(seed, position))
+        return image, tf.gather(all_labels, index)
+
+    return tf.data.Dataset.counter().map(
+        example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=cfg["deterministic"]
     )
+
+
+def eval_view(info, size):
+    """{"resize", "crop"} of the centre view at crop `size`: in-memory sets take the whole
+    image (resize None); streamed sets resize the shorter side in the ratio 256:224 first.
+    What an exported model must do to an image to see what evaluation saw."""
+    return {"resize": None if info.small else round(views.RESIZE * size / views.CROP), "crop": size}
 
 
 def _large_view(cfg):
@@ -291,6 +308,7 @@ def make_input_fn(
             dataset = _large_dataset(cfg, input_context, counter, batch_size)
         options = tf.data.Options()
         options.deterministic = cfg["deterministic"] or not training
+        options.experimental_symbolic_checkpoint = info.small and cfg["training"]
         return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
     input_fn.skip_counter = counter

@@ -17,7 +17,8 @@ class Inputs:
     the per-replica size forever; `eval_fn` one pass over the eval split (or None).
     `preprocess_mode` and `pixel_mean` are what the images went through, recorded in
     config.json for the exporters. `in_memory`: a small set whose pipeline state is cheap
-    to checkpoint. `dataset`: the data set's name (None: the config's).
+    to checkpoint. `dataset`: the data set's name (None: the config's). `eval_view`: the
+    centre view's {"resize", "crop"} (`keras_resnet.data.eval_view`), for the exporters.
     """
 
     train_fn: object
@@ -30,6 +31,7 @@ class Inputs:
     pixel_mean: np.ndarray | None = None
     in_memory: bool = True
     dataset: str | None = None
+    eval_view: dict | None = None
 
 
 HELD_OUT_FILE = "held_out.txt"
@@ -186,4 +188,5 @@ def make_inputs(config, report=print):
         mean,
         info.small,
         dataset,
+        data.eval_view(info, size),
     )
