@@ -311,6 +311,7 @@ def _run_config(config, info, inputs, custom_model):
         "model_kwargs": None if custom_model else config_lib.model_kwargs(config, info["image_size"]),
         "preprocessing": {"mode": inputs.preprocess_mode, "mean_file": mean_file},
         "class_names": list(inputs.class_names) if inputs.class_names is not None else None,
+        "eval_view": inputs.eval_view,
         "steps_per_epoch": info["steps_per_epoch"],
         "num_examples": info["num_examples"],
     }

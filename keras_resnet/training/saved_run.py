@@ -83,6 +83,8 @@ def run_record(config, pixel_mean=None):
     preprocessing = config.get("preprocessing") or {"mode": "caffe"}
     crop = architecture.input_shape[0]
     resize = round(crop * 256 / 224) if architecture.spec.stem == "imagenet" and crop else None
+    if config.get("eval_view"):  # what the data layer's centre view did in training (keras_resnet.data.eval_view)
+        resize, crop = config["eval_view"]["resize"], config["eval_view"]["crop"]
     return Record(
         architecture,
         preprocess_mode=preprocessing["mode"],
