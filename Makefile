@@ -51,7 +51,7 @@ paper-digits: $(STAMP)
 	$(BIN)/python train/compare.py --runs $(subst $(space),$(comma),$(PAPER_DIGITS_RUNS)) \
 		--output $(PAPER_DIGITS_FIGURES)_fig6.png --table $(PAPER_DIGITS_FIGURES)_table6.md
 	$(BIN)/python train/responses.py $(addprefix --model_dir ,$(PAPER_DIGITS_RUNS)) \
-		--output $(PAPER_DIGITS_FIGURES)_fig7.png --table $(PAPER_DIGITS_FIGURES)_fig7.md
+		--output $(PAPER_DIGITS_FIGURES)_fig7.png --table $(PAPER_DIGITS_FIGURES)_fig7.md --log_scale
 
 # torchvision comparisons (tests/test_convert.py) in their own environment, so the main one
 # stays free of torch. The pins are builds that run on the CPU: on x86_64 PyPI's default

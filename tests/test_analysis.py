@@ -1,6 +1,7 @@
 """The paper's analyses: Fig. 7's layer responses against a separately built Keras sub-model,
 and Figs. 4/6 and 7 drawn from run dirs the trainer wrote."""
 
+import collections
 import json
 import os
 
@@ -172,6 +173,22 @@ def test_responses_from_runs(runs):
             assert list(line.get_xdata()) == list(range(1, 20))
             np.testing.assert_allclose(line.get_ydata(), order(response.stds))
         assert lines["plain20"].get_linestyle() == "--" and lines["resnet20"].get_linestyle() == "-"
+        assert lines["plain20"].get_color() == lines["resnet20"].get_color()  # one depth, one colour
+    assert analysis.plot_responses(responses, log_scale=True).axes[0].get_yscale() == "log"
+
+
+def test_run_colours_differ_within_a_panel_and_pair_across():
+    Run = collections.namedtuple("Run", "model_dir depth residual")
+    runs = [
+        Run("p56", 56, False),
+        Run("p20", 20, False),
+        Run("r20", 20, True),
+        Run("r20b", 20, True),
+        Run("r56", 56, True),
+    ]
+    colours = analysis.run_colours(runs)
+    assert colours["p20"] == colours["r20"] and colours["p56"] == colours["r56"]
+    assert len({colours[d] for d in ("r20", "r20b", "r56")}) == 3 and len({colours["p20"], colours["p56"]}) == 2
 
 
 def test_figures_are_written(runs, tmp_path):

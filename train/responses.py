@@ -18,6 +18,9 @@ flags.DEFINE_string("output", None, "Where to write the figure (.png, .pdf or .s
 flags.DEFINE_integer("max_images", None, "Measure on the first this many test images; default: all of them.")
 flags.DEFINE_integer("batch_size", 100, "Images per forward pass.")
 flags.DEFINE_string("table", None, "Also write the table of per-run stds (markdown) here; it is always printed.")
+flags.DEFINE_bool(
+    "log_scale", False, "A logarithmic std axis (the paper's is linear), for stds of very different sizes."
+)
 flags.DEFINE_string("title", None, "Figure title; default: what is measured, on how many images.")
 FLAGS = flags.FLAGS
 
@@ -29,7 +32,7 @@ def run():
     analysis.check_output(FLAGS.output)
     analysis.check_trained_runs(FLAGS.model_dir)
     responses = [analysis.run_responses(d, FLAGS.batch_size, FLAGS.max_images) for d in FLAGS.model_dir]
-    analysis.save_figure(analysis.plot_responses(responses, FLAGS.title), FLAGS.output)
+    analysis.save_figure(analysis.plot_responses(responses, FLAGS.title, FLAGS.log_scale), FLAGS.output)
     table = analysis.responses_table(responses)
     print(table)
     if FLAGS.table:

@@ -124,6 +124,19 @@ def _families(runs):
     return groups
 
 
+def run_colours(runs):
+    """{model_dir: matplotlib colour}: the k-th run of a depth in its family (plain or
+    residual) gets the colour of (depth, k), so plain-20 and ResNet-20 match across panels and
+    figures while runs in one panel all differ."""
+    keys, seen = {}, {}
+    for run in sorted(runs, key=lambda r: r.depth):
+        occurrence = seen.get((run.depth, run.residual), 0)
+        seen[(run.depth, run.residual)] = occurrence + 1
+        keys[run.model_dir] = (run.depth, occurrence)
+    ranks = {key: index for index, key in enumerate(sorted(set(keys.values())))}
+    return {model_dir: f"C{ranks[key] % 10}" for model_dir, key in keys.items()}
+
+
 def _new_figure(figsize):
     """A matplotlib Figure with its own Agg canvas (no pyplot, no global backend switch)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -137,7 +150,7 @@ def _new_figure(figsize):
 def plot_error_curves(runs, title=None, max_error=None):
     """Figs. 4 and 6: top-1 error against iterations, plain nets and residual nets in separate
     panels; training error thin, test error bold, one colour per run, the learning-rate
-    drops as dotted vertical lines. `max_error` (%) tops the y axis (the paper's Fig. 6 shows
+    drops as dotted vertical lines (`run_colours`). `max_error` (%) tops the y axis (the paper's Fig. 6 shows
     0-20 %); default: the largest error. Returns the matplotlib Figure."""
     if not runs:
         raise ValueError("plot_error_curves needs at least one run")
@@ -148,9 +161,10 @@ def plot_error_curves(runs, title=None, max_error=None):
     figure = _new_figure((5.5 * len(groups), 4.2))
     axes_list = figure.subplots(1, len(groups), sharey=True, squeeze=False)[0]
     top = max_error or 1.05 * max(max([*r.train_error, *r.test_error], default=1.0) for r in runs)
+    colours = run_colours(runs)
     for axes, (family, members) in zip(axes_list, groups):
-        for index, run in enumerate(members):
-            colour = f"C{index % 10}"
+        for run in members:
+            colour = colours[run.model_dir]
             axes.plot(run.train_steps, run.train_error, color=colour, linewidth=0.8, label=f"{run.label} train")
             axes.plot(run.test_steps, run.test_error, color=colour, linewidth=2.5, label=f"{run.label} test")
         for step in sorted({s for run in members for s in run.lr_drops}):
@@ -348,24 +362,32 @@ def run_responses(model_dir, batch_size=100, max_images=None):
     )
 
 
-def plot_responses(responses, title=None):
+def plot_responses(responses, title=None, log_scale=False):
     """Fig. 7: each run's layer stds in network order (top) and sorted in descending order
-    (bottom); plain nets dashed, residual nets solid, one colour per run."""
+    (bottom); plain nets dashed, residual nets solid, a depth's runs in one colour
+    (`run_colours`). `log_scale`: a logarithmic std axis, for runs whose stds differ by
+    orders of magnitude (the paper's is linear)."""
     if not responses:
         raise ValueError("plot_responses needs at least one run")
     responses = label_runs(responses)
+    colours = run_colours(responses)
     figure = _new_figure((8, 7))
     original, ranked = figure.subplots(2, 1)
-    for index, run in enumerate(responses):
-        style = dict(color=f"C{index % 10}", linestyle="-" if run.residual else "--", linewidth=1.5, label=run.label)
+    for run in responses:
+        style = dict(
+            color=colours[run.model_dir], linestyle="-" if run.residual else "--", linewidth=1.5, label=run.label
+        )
         positions = np.arange(1, len(run.stds) + 1)
         original.plot(positions, run.stds, marker=".", **style)
         ranked.plot(positions, sorted(run.stds, reverse=True), **style)
     original.set(xlabel="layer index (original)", ylabel="std")
     ranked.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
     for axes in (original, ranked):
-        axes.set_ylim(bottom=0)
-        axes.grid(alpha=0.3)
+        if log_scale:
+            axes.set_yscale("log")
+        else:
+            axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3, which="both")
         axes.legend(fontsize="small")
     split = sorted({r.split for r in responses})
     images = sorted({r.images for r in responses})
