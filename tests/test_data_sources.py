@@ -272,3 +272,58 @@ def test_unprepared_or_unknown_tfds_names_are_clear_value_errors(tmp_path):
         data.make_input_fn("cifar100", "train", 8, training=True, data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="name='no_such_set': not 'digits'"):
         data.dataset_info("tfds:no_such_set")
+
+
+# ---------------------------------------------------------------- broken CIFAR files
+
+
+def _break_cifar(directory, fault):
+    """A CIFAR-10 dir (extracted batches) or tarball with one fault; the file to be named."""
+    import pickle
+    import tarfile
+
+    images = np.zeros((10, 32, 32, 3), np.uint8)
+    tarball = write_cifar10_tarball(str(directory), (images, np.arange(10)), (images, np.arange(10)))
+    if fault == "truncated tarball":
+        with open(tarball, "rb") as f:
+            content = f.read()
+        with open(tarball, "wb") as f:
+            f.write(content[: len(content) // 2])
+        return tarball
+    with tarfile.open(tarball) as tar:
+        tar.extractall(directory, filter="data")
+    os.remove(tarball)
+    batch = os.path.join(str(directory), "cifar-10-batches-py", "data_batch_3")
+    with open(batch, "rb") as f:
+        content = f.read()
+    broken = {
+        "truncated": lambda: content[: len(content) // 3],
+        "garbage": lambda: os.urandom(500),
+        "wrong row length": lambda: pickle.dumps({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}),
+        "missing key": lambda: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}),
+    }
+    if fault == "missing batch":
+        os.remove(batch)
+    else:
+        with open(batch, "wb") as f:
+            f.write(broken[fault]())
+    return batch
+
+
+@pytest.mark.parametrize(
+    "fault, said",
+    [
+        ("truncated", "not a CIFAR python batch"),
+        ("garbage", "not a CIFAR python batch"),
+        ("wrong row length", r"data of shape \(2, 3000\), expected \[n, 3072\]"),
+        ("missing key", "no 'labels' entry"),
+        ("missing batch", "is missing"),
+        ("truncated tarball", "not a whole CIFAR python tarball"),
+    ],
+)
+def test_a_broken_cifar_file_is_one_line_naming_the_file_and_the_fault(tmp_path, fault, said):
+    named = _break_cifar(tmp_path, fault)
+    with pytest.raises(ValueError, match=said) as caught:
+        data.load_arrays("cifar10", "train", str(tmp_path))
+    message = str(caught.value)
+    assert named in message and "\n" not in message

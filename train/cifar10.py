@@ -3,6 +3,7 @@
     python train/cifar10.py --demo
     python train/cifar10.py --data_dir ~/data/cifar10 --model resnet110 --model_dir runs/r110
     python train/cifar10.py --dataset digits --model resnet20 --train_steps 500 --lr_boundaries 300,400
+    python train/cifar10.py --data_dir ~/data/my_images --val_split 0.1 --image_size 32   # class folders
 
 Every flag defaults to the paper: batch 128, lr 0.1 divided by 10 at 32k and 48k, stop at
 64k, momentum 0.9, weight decay 1e-4; ResNet-110's warm-up turns on by itself for n >= 18.

@@ -5,9 +5,11 @@
     dataset = strategy.distribute_datasets_from_function(input_fn)
 
 Names: "digits" (sklearn's bundled 8x8 digits as 32x32 RGB, offline), "cifar10",
-"cifar100", "imagenet" (alias "imagenet2012"), and any TFDS image-classification name,
-plain or as "tfds:<name>". Sets of fixed images up to 64x64 are held in memory and get
-the CIFAR views; the others are streamed and get the ImageNet views.
+"cifar100", "imagenet" (alias "imagenet2012"), any TFDS image-classification name, plain
+or as "tfds:<name>", and any name for class folders or TFRecord shards in data_dir (your
+own images; `folder_dataset_name(DIR)` names them after DIR). Sets of fixed images up to
+64x64 are held in memory and get the CIFAR views; the others are streamed and get the
+ImageNet views.
 
 Where the files are (`data_dir`):
 - digits: nothing needed (scikit-learn ships them).
@@ -17,6 +19,10 @@ Where the files are (`data_dir`):
   validation-...; image/encoded, image/class/label from 1), class folders
   (train/<wnid>/*.JPEG, validation/ or val/), or a TFDS data dir (prepared, or
   downloads/manual/ILSVRC2012_img_{train,val}.tar to prepare). "test" reads validation.
+- any other name with a DIR of class folders (train/<class>/<image>, optional validation/
+  or val/ and test/; classes by sorted folder name) or TFRecord shards: read as such.
+  Listing skips, with a reason, files without an image extension, files whose first bytes
+  are no JPEG/PNG/GIF/BMP and files outside class folders; `describe()` says so.
 - other TFDS names: a TFDS data dir (None: TFDS's default).
 
 make_input_fn(name, split, global_batch_size, *, training, data_dir=None,
@@ -43,26 +49,35 @@ make_input_fn(name, split, global_batch_size, *, training, data_dir=None,
       scales being views.MULTI_SCALES = (224, 256, 384, 480, 640)).
     preprocess_mode/mean: keras_resnet.preprocessing.preprocess_input, the last step on
       the 0..255 image; mode "pixel_mean" with mean=None uses pixel_mean(name, data_dir)
-      (ImageNet-like sets: the per-channel ImageNet mean); mean may be 3 values, [1, 1, 3]
-      or [H, W, 3].
+      (ImageNet: its per-channel mean; other streamed sets: their training images'
+      per-channel mean, one pass); mean may be 3 values, [1, 1, 3] or [H, W, 3]. Every
+      image is RGB with 3 channels whatever its file held (grey, alpha, palette, CMYK).
     image_size: output size (default dataset_info().image_size); ImageNet's 256 and
       [256, 480] scale with it.
     seed: fixes file order, shuffles and every augmentation (stateless ops seeded by
       (seed, the element's number in the stream): new views each epoch); with
       deterministic=True the order of parallel work is fixed too, so batches repeat exactly.
       Each input pipeline offsets the seed by its id.
-    shuffle_buffer: examples (in-memory sets: the whole set) or encoded records (10,000).
+    shuffle_buffer: encoded records of streamed sets (10,000). In-memory sets are read in a
+      new permutation of the whole set each epoch (stateless `index_shuffle` of a counter,
+      no buffer): their iterator checkpoints symbolically, its state a few bytes.
     cache: True caches the unaugmented examples in memory, a string in files with that
       prefix; None/False: no cache (in-memory sets need none).
-    val_split: in-memory sets only: "train" is 9/10 of the training set, "validation" the
-      other 1/10 (CIFAR's 45k/5k, fixed seed), "test" unchanged.
+    val_split: a fraction (True: 0.1) of the training set held out as "validation", for
+      in-memory sets and class folders without validation/: stratified by class, fixed
+      seed (CIFAR's 45k/5k at 0.1), "test" unchanged. Sets with their own validation split
+      refuse it.
     input_fn.skip_counter, input_fn.info: see below and dataset_info.
 make_eval_input_fn(name, split, global_batch_size, *, view="center", scale=None, **kw)
     -> make_input_fn(..., training=False, view=view, scale=scale, **kw).
 dataset_info(name, data_dir=None, val_split=False) -> DatasetInfo(name, source,
     num_classes, image_size, num_examples {split: n}, class_names or None, small).
 pixel_mean(name, data_dir=None, val_split=False) -> float32 [H, W, 3] training-set mean
-    image (ImageNet-like: the per-channel mean as [1, 1, 3]).
+    image (streamed sets: the per-channel mean as [1, 1, 3]).
+describe(name, data_dir=None, val_split=False) -> lines: images per split and class, class
+    names, files skipped and why. eval_view(info, size) -> the centre view's resize and crop.
+check_decodable(name, split, data_dir): a ValueError where none of a split's first 64
+    images decodes (make_input_fn calls it for streamed sets: no pipeline that waits forever).
 digits(split) -> Dataset of (uint8 [32, 32, 3], int32): 1,437 train / 360 test, fixed.
 detect_source(data_dir) -> "tfrecord" | "folders" | "cifar_python" | "tfds", or a
     ValueError listing the layouts it reads.

@@ -1,0 +1,280 @@
+"""Your own images, end to end: class folders written here in real formats (PNG of mixed
+sizes, greyscale, RGBA, palette; a corrupt file; a text file), trained on with every
+preprocessing mode, evaluated from the run dir alone, exported, and served back as a
+class name; --val_split's held-out files; refused reruns that leave the run dir as it was."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_writers import encode
+
+import keras_resnet.data as data
+from keras_resnet.data.arrays import digits_arrays
+from keras_resnet.preprocessing import MODES, preprocess_input
+from keras_resnet.training import loop
+from keras_resnet.training.config import recipe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ("nought", "one", "two")
+PIL_MODES = ("RGB", "L", "RGBA", "P")
+SIZES = (32, 40, 27, 36)
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def write_own_images(root, per_class=24):
+    """root/train/<class>/*.png: digits 0-2 in four PIL modes and four sizes, plus a file
+    with a PNG header and nothing after it, a truncated PNG and a text file."""
+    images, labels = digits_arrays("train")
+    for label, name in enumerate(NAMES):
+        os.makedirs(root / "train" / name)
+        for i, image in enumerate(images[labels == label][:per_class]):
+            size = SIZES[i % len(SIZES)]
+            resized = np.asarray(tf.image.resize(image, [size, size], "nearest"), np.uint8)
+            (root / "train" / name / f"{i:03d}.png").write_bytes(encode(resized, "PNG", mode=PIL_MODES[i % 4]))
+    (root / "train" / "nought" / "header_only.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    whole = encode(images[0], "PNG")
+    (root / "train" / "one" / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (root / "train" / "two" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def own_dir(tmp_path_factory):
+    return str(write_own_images(tmp_path_factory.mktemp("own") / "shapes3"))
+
+
+def own_config(data_dir, model_dir, **overrides):
+    settings = dict(
+        data_dir=data_dir,
+        model="resnet20",
+        model_dir=str(model_dir),
+        image_size=32,
+        val_split=0.25,
+        batch_size=8,
+        train_steps=2,
+        seed=0,
+        log_interval=1,
+        eval_interval=0,
+        checkpoint_interval=2,
+    )
+    return recipe("cifar", **{**settings, **overrides})
+
+
+def run_cli(*args, timeout=300):
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------- the data layer
+
+
+def test_folders_summary_names_classes_counts_and_skips(own_dir):
+    lines = "\n".join(data.describe("shapes3", own_dir, val_split=0.25))
+    assert "data: shapes3 from" in lines and "3 classes" in lines
+    assert "train: nought 19, one 19, two 18" in lines  # 24 + 1 broken, 24 + 1 broken, 24; 6 held out of each
+    assert "validation (0.25 of train/ held out, stratified): nought 6, one 6, two 6" in lines
+    assert "notes.txt: not an image file name" in lines
+    # A header-only PNG passes the listing and is skipped, named, when it fails to decode.
+    info = data.dataset_info("shapes3", own_dir, val_split=0.25)
+    assert info.class_names == list(NAMES) and info.num_examples == {"train": 56, "validation": 6 * 3}
+
+
+def test_val_split_is_stratified_and_disjoint(own_dir):
+    train = data.folder_split(own_dir, "train", 0.25)
+    held = data.folder_split(own_dir, "validation", 0.25)
+    assert not set(train.paths) & set(held.paths)
+    listed = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(own_dir) for f in fs if f.endswith(".png"))
+    assert sorted(train.paths + held.paths) == listed
+    assert np.bincount(held.labels).tolist() == [6, 6, 6]
+
+
+@pytest.mark.slow
+def test_val_split_holds_out_the_same_files_in_a_fresh_process(own_dir):
+    held = data.folder_split(own_dir, "validation", 0.25)
+    script = (
+        "import sys, keras_resnet.data as d; print('\\n'.join(d.folder_split(sys.argv[1], 'validation', 0.25).paths))"
+    )
+    rc, out = run_cli("-c", script, own_dir, timeout=120)
+    assert rc == 0, out
+    assert [line for line in out.splitlines() if line.startswith(own_dir)] == list(held.paths)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_on_every_source_and_view(own_dir, tmp_path, mode):
+    """Folders (train/ with val_split), TFRecords and an in-memory set, each view: RGB images
+    of 3 channels, equal to preprocess_input of the unprocessed view."""
+    from data_writers import example, write_shards
+
+    shards = tmp_path / "shards"
+    os.makedirs(shards)
+    images, labels = digits_arrays("test")
+    records = [
+        example(encode(image, "PNG", mode=PIL_MODES[i % 4]), int(label) + 1)
+        for i, (image, label) in enumerate(zip(images[:6], labels[:6]))
+    ]
+    write_shards(str(shards), "validation", records, 2)
+    write_shards(str(shards), "train", records, 2)
+    cases = [
+        ("shapes3", own_dir, 0.25, ("center", "10crop", "multiscale")),
+        ("imagenet", str(shards), 0.0, ("center", "10crop", "multiscale")),
+        ("digits", None, 0.0, ("center",)),
+    ]
+    for name, data_dir, val_split, views in cases:
+        mean = np.asarray([120.0, 110.0, 100.0], np.float32) if mode == "pixel_mean" else None
+        common = dict(data_dir=data_dir, val_split=val_split, image_size=32)
+        train = data.make_input_fn(name, "train", 4, training=True, preprocess_mode=mode, mean=mean, seed=0, **common)
+        batch, _ = next(iter(train(None)))
+        assert batch.shape == (4, 32, 32, 3), (name, mode)
+        split = "test" if name == "digits" else "validation"
+        for view in views:
+            batch_size, scale = (1, 40) if view == "multiscale" else (3, None)
+            kw = dict(view=view, scale=scale, **common)
+            raw = data.make_eval_input_fn(
+                name, split, batch_size, preprocess_mode="pixel_mean", mean=np.zeros(3, np.float32), **kw
+            )
+            done = data.make_eval_input_fn(name, split, batch_size, preprocess_mode=mode, mean=mean, **kw)
+            (x, _), (y, _) = next(iter(raw(None))), next(iter(done(None)))
+            assert y.shape[-1] == 3 and y.shape == x.shape, (name, view, mode)
+            np.testing.assert_allclose(y.numpy(), preprocess_input(x.numpy(), mode, mean), atol=1e-4)
+
+
+# ---------------------------------------------------------------- the journey
+
+
+def _listing(directory):
+    """Every file under a directory with its size and mtime: what a refused run must not change."""
+    return {
+        os.path.join(dp, f): (os.stat(os.path.join(dp, f)).st_size, os.stat(os.path.join(dp, f)).st_mtime_ns)
+        for dp, _, fs in os.walk(directory)
+        for f in fs
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(own_dir, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("runs") / "shapes3"
+    result = loop.train(own_config(own_dir, model_dir, preprocess_mode="tf"))
+    return result
+
+
+def test_a_folder_run_is_named_after_its_directory_and_lists_its_held_out_files(trained, own_dir):
+    config = json.loads(open(os.path.join(trained.model_dir, "config.json")).read())
+    assert config["dataset"] == "shapes3" and config["class_names"] == list(NAMES)
+    with open(os.path.join(trained.model_dir, "held_out.txt")) as f:
+        listed = f.read().split()
+    held = data.folder_split(own_dir, "validation", 0.25).paths
+    assert [os.path.join(own_dir, p) for p in listed] == list(held)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (dict(model="resnet32"), "--model=resnet32 but the run was resnet20"),
+        (dict(shortcut="B"), "--shortcut=B but the run was A"),
+        (dict(dataset="other"), "--dataset=other but the run was shapes3"),
+        (dict(image_size=40), "--image_size=40 but the run was 32"),
+        (dict(batch_size=4), "--batch_size=4 but the run was 8"),
+    ],
+)
+def test_a_rerun_with_other_settings_is_refused_and_changes_nothing(trained, own_dir, change, named):
+    before = _listing(trained.model_dir)
+    with pytest.raises(ValueError, match=named.replace("(", r"\(")):
+        loop.train(own_config(own_dir, trained.model_dir, preprocess_mode="tf", train_steps=4, **change))
+    assert _listing(trained.model_dir) == before
+
+
+def test_a_resume_holds_out_the_same_files(trained, own_dir):
+    before = open(os.path.join(trained.model_dir, "held_out.txt")).read()
+    result = loop.train(own_config(own_dir, trained.model_dir, preprocess_mode="tf", train_steps=3))
+    assert result.step == 3
+    assert open(os.path.join(trained.model_dir, "held_out.txt")).read() == before
+
+
+@pytest.mark.parametrize("mode", ["pixel_mean", "caffe", "torch"])
+def test_every_preprocessing_mode_trains_on_folders(own_dir, tmp_path, mode):
+    result = loop.train(own_config(own_dir, tmp_path / mode, preprocess_mode=mode))
+    assert result.step == 2 and np.isfinite(result.train["loss"])
+    if mode == "pixel_mean":  # the folder set's own per-channel mean, kept in the run dir
+        mean = np.load(os.path.join(result.model_dir, "pixel_mean.npy"))
+        assert mean.shape == (1, 1, 3) and 20 < mean.ravel()[0] < 120
+
+
+def test_evaluate_needs_only_the_run_dir(trained):
+    rc, out = run_cli("train/evaluate.py", f"--model_dir={trained.model_dir}")
+    assert rc == 0, out[-3000:]
+    assert "shapes3 validation" in out and "nought" in out
+    header, row = [line for line in out.splitlines() if line.strip()][-2:]
+    assert row.split()[-2:] == ["-", "18"]  # no top-5 for 3 classes; the 18 held-out images
+    assert os.path.isfile(os.path.join(trained.model_dir, "confusion_validation_center.png"))
+
+
+@pytest.mark.slow
+def test_export_with_default_flags_serves_a_class_name_for_a_held_out_image(trained, own_dir, tmp_path):
+    base = tmp_path / "serving"
+    rc, out = run_cli(
+        "export/to_saved_model.py", f"--model_dir={trained.model_dir}", f"--base_path={base}", timeout=600
+    )
+    assert rc == 0, out[-3000:]
+    (version,) = [os.path.join(dp) for dp, _, fs in os.walk(base) if "saved_model.pb" in fs]
+    served = tf.saved_model.load(version).signatures["serve_image_bytes"]
+    held = data.folder_split(own_dir, "validation", 0.25)
+    path = next(p for p in held.paths if not p.endswith("header_only.png"))
+    outputs = served(image_bytes=tf.constant([open(path, "rb").read()]))
+    names = [n.decode() for n in np.ravel(outputs["class_names"].numpy())]
+    assert set(names) <= set(NAMES) and names
+
+
+# ---------------------------------------------------------------- data nobody can read
+
+
+def test_all_corrupt_folders_are_an_error_naming_the_source_not_a_hang(tmp_path):
+    for name in NAMES:
+        os.makedirs(tmp_path / "train" / name)
+        for i in range(3):
+            (tmp_path / "train" / name / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    with pytest.raises(ValueError, match=rf"no readable image in {tmp_path.name} train \({tmp_path}\): the first 9"):
+        data.make_input_fn(tmp_path.name, "train", 4, training=True, data_dir=str(tmp_path), preprocess_mode="tf")
+
+
+def test_folders_without_one_image_file_are_an_error_counting_the_skips(tmp_path):
+    for name in NAMES:
+        os.makedirs(tmp_path / "train" / name)
+        (tmp_path / "train" / name / "a.jpg").write_bytes(b"GARBAGE" * 10)
+    with pytest.raises(ValueError, match=r"no images .* \(3 files skipped, e.g. .*a.jpg: not a JPEG, PNG, GIF or BMP"):
+        data.dataset_info(tmp_path.name, str(tmp_path))
+
+
+def test_all_corrupt_tfrecords_are_an_error_naming_the_source(tmp_path):
+    from data_writers import example, write_shards
+
+    write_shards(str(tmp_path), "validation", [example(b"\xff\xd8\xff" + os.urandom(50), 1) for _ in range(5)], 2)
+    write_shards(str(tmp_path), "train", [b"not an example"] * 4, 1)
+    for split in ("validation", "train"):
+        with pytest.raises(ValueError, match=rf"no readable image in imagenet {split} \({tmp_path}\)"):
+            data.make_input_fn("imagenet", split, 2, training=split == "train", data_dir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_training_on_all_corrupt_folders_exits_with_one_line(tmp_path):
+    for name in NAMES:
+        os.makedirs(tmp_path / "bad" / "train" / name)
+        (tmp_path / "bad" / "train" / name / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    rc, out = run_cli(
+        "train/cifar10.py",
+        f"--data_dir={tmp_path / 'bad'}",
+        f"--model_dir={tmp_path / 'run'}",
+        "--train_steps=2",
+        timeout=180,
+    )
+    assert rc != 0 and "error: no readable image in bad train" in out, out[-2000:]
+    assert "Traceback" not in out
