@@ -140,6 +140,9 @@ def absl_main(body):
             result = body()
         except (ValueError, NonFiniteLossError, RunDirError) as error:
             sys.exit(f"error: {error}")
+        except KeyboardInterrupt:  # Ctrl-C before the first loop or after the last save: nothing to save
+            sys.stderr.write("interrupted (Ctrl-C) outside the training loop; the checkpoints are as they were\n")
+            sys.exit(130)
         except WorkerLostError as error:
             # TensorFlow's shutdown would wait for the lost worker at its exit barrier: leave now.
             sys.stderr.write(f"error: {error}\n")

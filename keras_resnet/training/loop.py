@@ -648,10 +648,10 @@ def _train(config, strategy, inputs, model_fn, stop, run_holder, notes):
     with _worker_loss_is_one_line(config.strategy, run):
         stop.in_loop = True
         step, metrics, eval_metrics, preempted = _iterate(run, reporter, train_loop, eval_step, stop)
+        if not preempted and run.saved_step != step:
+            run.save(stop)
         stop.in_loop = False
         if not preempted:
-            if run.saved_step != step:
-                run.save(stop)
             if run.eval_dataset is not None:
                 eval_metrics = evaluate(eval_step, run.eval_dataset)
                 reporter.eval(step, eval_metrics)

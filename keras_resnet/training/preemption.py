@@ -2,7 +2,8 @@
 
 The first signal asks the loop to stop at its next boundary, save a checkpoint and end with
 PREEMPTED_STATUS, which tells a scheduler that requeues failed jobs to run it again (the
-rerun resumes). Loops are kept short (`keras_resnet.training.loop.LOOP_SECONDS`), so a
+rerun resumes). Before the first loop and after the last save there is nothing to save:
+SIGTERM ends the process there, Ctrl-C raises KeyboardInterrupt as usual. Loops are kept short (`keras_resnet.training.loop.LOOP_SECONDS`), so a
 boundary comes within about a second. Python runs signal handlers only between bytecodes,
 and the main thread may be blocked inside TensorFlow for good (an input pipeline that
 delivers nothing), so a watchdog thread learns of each signal through `signal.set_wakeup_fd`
@@ -41,7 +42,7 @@ class StopRequest:
         self.signal_name = None
         self.loop_seconds = 0.0  # the last loop's duration, set by the loop: the grace grows with it
         self.answered = False  # set by the loop when it starts its final save
-        self.in_loop = False  # outside the training loop there is nothing to save: a signal ends the process
+        self.in_loop = False  # from the first loop to the last save; outside it there is nothing to save
         self._requested = threading.Event()
         self._saving = threading.Lock()
 
@@ -91,8 +92,9 @@ def _watch(stop, reader):
             return
         for signum in [s for s in data or b"" if s in STOP_SIGNALS]:
             if signalled_at is None and not stop.in_loop:
-                stop.request(signum)
-                stop.end_process("received outside the training loop")
+                if signum == signal.SIGTERM:  # Ctrl-C is the main thread's KeyboardInterrupt there
+                    stop.request(signum)
+                    stop.end_process("received outside the training loop")
             elif signalled_at is None:
                 stop.request(signum)
                 signalled_at = time.monotonic()
@@ -113,7 +115,12 @@ def stop_requests(stop):
         return
     reader, writer = socket.socketpair()
     writer.setblocking(False)
-    previous = {signum: signal.signal(signum, lambda *_: None) for signum in STOP_SIGNALS}
+
+    def interrupt_outside_the_loop(signum, frame):
+        if signum == signal.SIGINT and not stop.in_loop:
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt_outside_the_loop) for signum in STOP_SIGNALS}
     previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     watchdog = threading.Thread(target=_watch, args=(stop, reader), name="preemption-watchdog", daemon=True)
     watchdog.start()
