@@ -4,11 +4,13 @@
     python export/to_onnx.py --model resnet50 --weights r50.weights.h5 --output r50.onnx --opset 18
 
 The graph takes float RGB 0..255 `images` [batch, H, W, 3] (dynamic batch) with the
-preprocessing inside, and returns `logits`, `probabilities`, `top_k_classes`, `top_k_scores`.
+preprocessing inside, and returns `logits`, `probabilities`, `top_k_classes`, `top_k_scores`;
+the class names are in the model's metadata (metadata_props `class_names`, a JSON list).
 --fp16 / --int8 also write <output>.fp16.onnx / <output>.int8.onnx (int8: static QDQ,
-per-channel, calibrated on real training images) and print their error against the Keras
-model, and test accuracy where the data set has a test split. Exits non-zero, leaving no file
-at the target, when an input is bad or a check fails.
+per-channel, calibrated on real training images) and print their error against a float64
+evaluation of the network, and test accuracy where the data set has a test split. Exits
+non-zero, leaving no file at the target, when an input is bad, another export to the same
+output runs, or a check fails.
 """
 
 from absl import app, flags, logging
@@ -27,10 +29,16 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("calibration_count", 300, "Training images for int8 calibration.")
 flags.DEFINE_integer(
-    "eval_count", 1000, "Test images on which fp16/int8 are compared with float32 (accuracy and top-1 agreement)."
+    "eval_count",
+    1000,
+    "Test images on which fp16/int8 are compared with the float64 network (accuracy and top-1 agreement).",
 )
-flags.DEFINE_integer("top_k", 5, "How many classes top_k_classes / top_k_scores return.")
-flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+flags.DEFINE_integer(
+    "top_k", None, "How many classes top_k_classes / top_k_scores return (default: 5, or all if fewer)."
+)
+flags.DEFINE_bool(
+    "overwrite", False, "Replace existing output files (and remove an earlier export's fp16/int8 copies not rewritten)."
+)
 FLAGS = flags.FLAGS
 
 

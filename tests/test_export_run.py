@@ -1,7 +1,10 @@
-"""export_run on a digits-trained ResNet-20 run dir: both formats, and the static int8 ONNX
-(QDQ, per-channel, calibrated on real training images) with its accuracy cost measured."""
+"""export_run on a digits-trained ResNet-20 run dir: both formats, and the fp16 and static
+int8 ONNX (QDQ, per-channel, calibrated on real training images) with their error against
+the float64 network and their accuracy cost measured on the held-out test images."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -15,6 +18,8 @@ from keras_resnet.data import load_arrays
 from keras_resnet.export import export_run
 from keras_resnet.preprocessing import preprocess_input
 from keras_resnet.training import saved_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +53,16 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run_dir):
     lines = []
-    return export_run(run_dir, log=lines.append), "\n".join(lines)
+    return export_run(run_dir, fp16=True, log=lines.append), "\n".join(lines)
 
 
 def test_both_formats_land_where_the_printout_says(run_dir, exported):
     result, printed = exported
-    assert result.saved_model.path == os.path.join(run_dir, "export", "saved_model", "resnet20", "1")
+    name = os.path.basename(run_dir)  # the run's name is the served name
+    assert result.saved_model.path == os.path.join(run_dir, "export", "saved_model", name, "1")
     assert os.path.isfile(os.path.join(result.saved_model.path, "saved_model.pb"))
     assert os.path.isfile(os.path.join(run_dir, "export", "saved_model", "models.config"))
-    assert result.onnx.int8_path == os.path.join(run_dir, "export", "onnx", "resnet20.int8.onnx")
+    assert result.onnx.int8_path == os.path.join(run_dir, "export", "onnx", f"{name}.int8.onnx")
     for path in (result.saved_model.path, result.onnx.path, result.onnx.int8_path):
         assert path in printed
     assert "docker run" in printed and "export/client.py" in printed and "curl" in printed
@@ -87,7 +93,19 @@ def test_int8_accuracy_cost_is_measured_on_the_test_images(exported):
     assert accuracy["fp32_accuracy"] == accuracy["keras_accuracy"] > 0.9
     assert abs(accuracy["int8_accuracy"] - accuracy["fp32_accuracy"]) <= 0.01
     assert accuracy["int8_agreement_with_keras"] >= 0.95
-    assert "int8_accuracy" in exported[1] and "int8 vs Keras" in exported[1]
+    assert "int8_accuracy" in exported[1] and "int8 vs the float64 network on 360 test images" in exported[1]
+
+
+def test_fp16_and_int8_stay_within_their_bounds_on_the_test_images(exported):
+    """The reduced-precision copies of a trained net against its float64 evaluation."""
+    from keras_resnet.export import onnx as onnx_export
+
+    fp16, int8 = exported[0].onnx.fp16_report, exported[0].onnx.int8_report
+    print(f"digits ResNet-20 fp16: {fp16}\nint8: {int8}")
+    assert fp16["images"] == int8["images"] == 360
+    assert 0 < fp16["logits"] <= onnx_export.FP16_MAX_LOGITS and fp16["top1_agreement"] >= 0.99
+    assert fp16["float64_accuracy"] - fp16["accuracy"] <= onnx_export.FP16_MAX_ACCURACY_DROP
+    assert int8["top1_agreement"] >= onnx_export.INT8_MIN_AGREEMENT and int8["logits"] > fp16["logits"]
 
 
 def test_int8_model_runs_at_any_batch(exported):
@@ -103,3 +121,61 @@ def test_a_run_dir_without_checkpoint_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint"):
         export_run(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+def readme_export_commands(run_dir):
+    """The README's export commands for a run dir, with `runs/demo` replaced by `run_dir`."""
+    import shlex
+
+    with open(os.path.join(REPO, "README.md")) as f:
+        lines = [line for line in f.read().splitlines() if line.startswith("python export/to_")]
+    return [shlex.split(line.replace("runs/demo", run_dir))[1:] for line in lines if "--model_dir runs/demo" in line]
+
+
+@pytest.mark.slow
+def test_a_three_class_run_exports_with_the_readme_commands(tmp_path):
+    """A run the trainer made on three classes of digits (class folders of PNGs), exported
+    with the README's commands exactly as written: top_k becomes 3, int8 and fp16 pass."""
+    from PIL import Image
+
+    from keras_resnet.training import loop
+    from keras_resnet.training.config import recipe
+
+    for split, source_split in (("train", "train"), ("validation", "test")):
+        images, labels = load_arrays("digits", source_split)
+        for index in np.flatnonzero(labels < 3):
+            folder = tmp_path / "digits3" / split / f"digit{labels[index]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(images[index], dtype="uint8")).save(folder / f"{index}.png")
+    run_dir = str(tmp_path / "run3")
+    config = recipe(
+        "cifar",
+        model="resnet20",
+        data_dir=str(tmp_path / "digits3"),
+        model_dir=run_dir,
+        image_size=32,
+        batch_size=32,
+        train_steps=60,
+        lr_boundaries=(40, 50),
+        checkpoint_interval=60,
+        eval_interval=0,
+        log_interval=20,
+        seed=0,
+    )
+    loop.train(config)
+    commands = readme_export_commands(run_dir)
+    assert [command[0] for command in commands] == ["export/to_saved_model.py", "export/to_onnx.py"]
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for command in commands:
+        done = subprocess.run(
+            [sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        )
+        print(done.stdout)
+        assert done.returncode == 0, done.stderr[-3000:]
+    served = tf.saved_model.load(os.path.join(run_dir, "export", "saved_model", "run3", "1"))
+    outputs = served.signatures["serving_default"](images=tf.zeros([2, 32, 32, 3]))
+    assert outputs["top_k_classes"].shape == (2, 3)
+    assert outputs["class_names"].numpy()[0, 0].decode() in {"digit0", "digit1", "digit2"}
+    onnx_path = os.path.join(run_dir, "export", "onnx", "resnet20.onnx")
+    metadata = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    assert metadata["top_k"] == "3" and os.path.isfile(onnx_path.replace(".onnx", ".int8.onnx"))

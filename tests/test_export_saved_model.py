@@ -1,10 +1,12 @@
 """The TF Serving SavedModel: its signatures as TF Serving calls them, in a process that does
-not import keras_resnet, against the Keras model; saved_model_cli; warm-up; versions;
-atomicity; bad input."""
+not import keras_resnet, against the Keras model and the evaluation pipeline's centre view;
+bad requests answered with errors; saved_model_cli; warm-up; versions; atomicity; one
+exporter at a time; leftovers of killed exports; bad input."""
 
 import io
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,8 +18,9 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_resnet
-from keras_resnet.export import saved_model, sources, verify
+from keras_resnet.export import calibration, saved_model, sources, verify
 from keras_resnet.preprocessing import preprocess_input
+from keras_resnet.testing import sample_photos, with_trained_statistics
 from keras_resnet.training import saved_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,14 +31,8 @@ TOP_K = 5
 def make_run_dir(path, with_checkpoint=True):
     """A model dir exactly as the saved_run contract (and the trainer) lays it out."""
     model = keras_resnet.get_builder("resnet20")()
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights(
-                [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)]
-            )
-    mean = rng.uniform(60, 140, (32, 32, 3)).astype("float32")
+    mean = np.random.default_rng(0).uniform(60, 140, (32, 32, 3)).astype("float32")
+    with_trained_statistics(model, preprocess_input(sample_photos(32, 16, seed=3), "pixel_mean", mean), seed=0)
     config = {
         "model": "resnet20",
         "model_kwargs": {},
@@ -78,12 +75,21 @@ def run_cli(*args):
 def exported(tmp_path_factory):
     """A run dir, its Keras model and pixel mean, and its SavedModel export (version 1)."""
     root = tmp_path_factory.mktemp("saved_model")
-    model, mean = make_run_dir(root / "run")
+    model, mean = make_run_dir(root / "resnet20")
     # crop_fraction 0.875 (ImageNet's 224 of 256) so the bytes path's centre crop is exercised:
     # a 37x37 image keeps its size (round(32 / 0.875) = 37) and loses 2 pixels each side.
-    source = sources.from_run_dir(str(root / "run"))
-    result = saved_model.export_saved_model(source, str(root / "models"), crop_fraction=0.875, log=lambda _: None)
-    return {"root": root, "model": model, "mean": mean, "result": result, "base": str(root / "models")}
+    source = sources.from_run_dir(str(root / "resnet20"))
+    lines = []
+    result = saved_model.export_saved_model(source, str(root / "models"), crop_fraction=0.875, log=lines.append)
+    return {
+        "root": root,
+        "run": str(root / "resnet20"),
+        "model": model,
+        "mean": mean,
+        "result": result,
+        "base": str(root / "models"),
+        "printed": "\n".join(lines),
+    }
 
 
 def centre_32(images):
@@ -91,24 +97,48 @@ def centre_32(images):
 
 
 # The calls TF Serving would make, run where keras_resnet is not importable-by-accident:
-# the script imports TensorFlow only and reports what it imported.
+# the script imports TensorFlow only and reports what it imported, and the peak memory
+# (maxrss) after each call.
 SERVING_SCRIPT = textwrap.dedent(
     """
-    import pickle, sys
+    import pickle, resource, sys
     import tensorflow as tf
     loaded = tf.saved_model.load(sys.argv[1])
     calls = pickle.load(open(sys.argv[2], "rb"))
-    results = {}
+    results, peak_mb = {}, {}
     for key, signature, name, value in calls:
         try:
             out = loaded.signatures[signature](**{name: tf.constant(value)})
             results[key] = {k: v.numpy() for k, v in out.items()}
         except tf.errors.InvalidArgumentError as error:
             results[key] = "InvalidArgumentError: " + error.message
+        peak_mb[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["imported"] = sorted(m for m in sys.modules if m.startswith("keras_resnet"))
+    results["peak_mb"] = peak_mb
     pickle.dump(results, open(sys.argv[3], "wb"))
     """
 )
+
+# Requests TF Serving could receive that the signatures must refuse, each with the words
+# its error must carry; after each one the same process serves a good request.
+BAD_REQUESTS = {
+    "rank3": ("serving_default", "images", np.zeros((32, 32, 3), "float32"), "got shape] [32 32 3]"),
+    "rank5": ("serving_default", "images", np.zeros((1, 1, 32, 32, 3), "float32"), "got shape] [1 1 32 32 3]"),
+    "empty": ("serving_default", "images", np.zeros((0, 32, 32, 3), "float32"), "got shape] [0 32 32 3]"),
+    "one_channel": ("serving_default", "images", np.zeros((2, 32, 32, 1), "float32"), "got shape] [2 32 32 1]"),
+    "nan": ("serving_default", "images", np.full((1, 32, 32, 3), np.nan, "float32"), "NaN or Inf"),
+    "inf": ("serving_default", "images", np.full((1, 32, 32, 3), np.inf, "float32"), "NaN or Inf"),
+    "scalar_bytes": ("serve_image_bytes", "image_bytes", np.array(b"abc", dtype=object), "got shape] []"),
+    "empty_bytes": ("serve_image_bytes", "image_bytes", np.zeros((0,), dtype=object), "got shape] [0]"),
+    "not_an_image": ("serve_image_bytes", "image_bytes", np.array([b"not an image"], dtype=object), "not a JPEG"),
+}
+
+
+def huge_png():
+    """A 10000 x 10000 PNG of a few hundred KB: 300 MB of RGB if decoded."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (10000, 10000)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +150,25 @@ def served(exported, tmp_path_factory):
     png = [encoded(p, "PNG") for p in pixels]
     jpeg = [encoded(p, "JPEG", quality=90) for p in pixels]
     # PNG pixels come from PIL, a second decoder; JPEG decoders differ by design (TF's default
-    # integer-fast DCT, as the data pipeline decodes), so the JPEG pixels are TF's decode.
-    jpeg_pixels = np.stack([tf.io.decode_jpeg(d, channels=3).numpy().astype("float32") for d in jpeg])
+    # integer-fast DCT, as the data pipeline decodes), so the JPEG pixels are TF's decode of
+    # the centre window alone, as the pipeline decodes (libjpeg rounds a window's edges).
+    window = [2, 2, 32, 32]
+    jpeg_pixels = np.stack([tf.image.decode_and_crop_jpeg(d, window, channels=3).numpy() for d in jpeg])
     big = encoded(rng.integers(0, 256, (40, 50, 3)), "PNG")
+    good = ("serving_default", "images", floats[1])
     calls = [
         *[(f"float{b}", "serving_default", "images", x) for b, x in floats.items()],
         ("png", "serve_image_bytes", "image_bytes", np.array(png, dtype=object)),
         ("png_pixels", "serving_default", "images", centre_32([decoded(d) for d in png])),
         ("jpeg", "serve_image_bytes", "image_bytes", np.array(jpeg, dtype=object)),
-        ("jpeg_pixels", "serving_default", "images", centre_32(jpeg_pixels)),
-        ("not_an_image", "serve_image_bytes", "image_bytes", np.array([b"this is not an image"], dtype=object)),
+        ("jpeg_pixels", "serving_default", "images", jpeg_pixels.astype("float32")),
         ("after_error", "serve_image_bytes", "image_bytes", np.array([big], dtype=object)),
+        ("photos", "serve_image_bytes", "image_bytes", np.array(photo_files(), dtype=object)),
+        ("before_huge", *good),
+        ("huge", "serve_image_bytes", "image_bytes", np.array([huge_png()], dtype=object)),
     ]
+    for key, (signature, name, value, _) in BAD_REQUESTS.items():
+        calls += [(key, signature, name, value), (f"after_{key}", *good)]
     scratch = tmp_path_factory.mktemp("served")
     with open(scratch / "calls.pkl", "wb") as f:
         pickle.dump(calls, f)
@@ -153,6 +190,15 @@ def served(exported, tmp_path_factory):
     assert process.returncode == 0, process.stderr[-3000:]
     with open(scratch / "out.pkl", "rb") as f:
         return {"inputs": floats, "outputs": pickle.load(f)}
+
+
+def photo_files():
+    """A JPEG of 375x500 and a PNG of 500x333 made from scikit-learn's photos."""
+    from sklearn.datasets import load_sample_images
+
+    temple, flower = load_sample_images().images
+    portrait = np.asarray(Image.fromarray(flower).resize((333, 500), Image.BILINEAR))
+    return [encoded(temple[:375, :500], "JPEG", quality=90), encoded(portrait, "PNG")]
 
 
 def test_signatures_in_a_fresh_process_give_the_keras_outputs(exported, served, rel_diff):
@@ -177,10 +223,32 @@ def test_bytes_signature_agrees_with_float_signature_on_decoded_cropped_pixels(s
     assert (from_bytes["top_k_classes"] == from_pixels["top_k_classes"]).all()
 
 
-def test_a_string_that_is_not_an_image_is_an_error_not_a_crash(served):
-    assert served["outputs"]["not_an_image"].startswith("InvalidArgumentError")
+@pytest.mark.parametrize("request_name", sorted(BAD_REQUESTS))
+def test_a_bad_request_is_an_error_naming_it_and_the_server_lives_on(served, request_name):
+    answer = served["outputs"][request_name]
+    assert isinstance(answer, str) and answer.startswith("InvalidArgumentError"), answer
+    assert BAD_REQUESTS[request_name][3] in answer, answer
+    assert served["outputs"][f"after_{request_name}"]["probabilities"].shape == (1, 10)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(served):
+    answer, peak = served["outputs"]["huge"], served["outputs"]["peak_mb"]
+    assert isinstance(answer, str) and "[10000] [x] [10000]" in answer and "50000000 pixels" in answer, answer
+    assert peak["huge"] - peak["before_huge"] < 200  # decoded, the image alone would take 300 MB
     after = served["outputs"]["after_error"]
     assert after["probabilities"].shape == (1, 10) and after["top_k_classes"].shape == (1, TOP_K)
+
+
+def test_bytes_signature_serves_the_evaluation_pipelines_centre_view(exported, served, tmp_path, rel_diff):
+    """The same JPEG (375x500) and PNG (500x333) through the data pipeline's evaluation
+    (class folders, centre view) and through serve_image_bytes give the same logits."""
+    jpeg, png = photo_files()
+    for label, (name, data) in enumerate([("temple.jpg", jpeg), ("flower.png", png)]):
+        (tmp_path / "validation" / f"class{label}").mkdir(parents=True)
+        (tmp_path / "validation" / f"class{label}" / name).write_bytes(data)
+    pixels, labels = calibration.dataset_images("imagenet", "validation", 2, data_dir=str(tmp_path), image_size=32)
+    expected, _ = keras_outputs(exported["model"], exported["mean"], pixels[np.argsort(labels)])
+    assert rel_diff(served["outputs"]["photos"]["logits"], expected) <= 1e-4
 
 
 def test_saved_model_cli_lists_both_signatures(exported):
@@ -246,8 +314,8 @@ def test_models_config_lists_the_model_for_the_container_path(exported):
 
 
 def test_second_export_is_version_2_and_existing_version_needs_overwrite(exported):
-    source = sources.from_run_dir(str(exported["root"] / "run"))
-    second = saved_model.export_saved_model(source, exported["base"], log=lambda _: None)
+    source = sources.from_run_dir(str(exported["run"]))
+    second = saved_model.export_saved_model(source, exported["base"], crop_fraction=0.875, log=lambda _: None)
     assert second.version == 2 and os.path.isfile(os.path.join(second.path, "saved_model.pb"))
     before = sorted(os.listdir(os.path.join(exported["base"], "resnet20")))
     with pytest.raises(ValueError, match="overwrite"):
@@ -256,16 +324,14 @@ def test_second_export_is_version_2_and_existing_version_needs_overwrite(exporte
 
 
 def test_failed_verification_leaves_no_version_dir(exported, tmp_path, monkeypatch):
-    def fail_after_writing(path, graph, **kwargs):
+    def fail_after_writing(path, graph, *args, **kwargs):
         assert os.path.isfile(os.path.join(path, "saved_model.pb"))  # the files were written
         raise verify.VerificationError("injected failure")
 
     monkeypatch.setattr(verify, "verify_saved_model", fail_after_writing)
     base = tmp_path / "models"
     with pytest.raises(verify.VerificationError, match="injected"):
-        saved_model.export_saved_model(
-            sources.from_run_dir(str(exported["root"] / "run")), str(base), log=lambda _: None
-        )
+        saved_model.export_saved_model(sources.from_run_dir(exported["run"]), str(base), log=lambda _: None)
     assert not base.exists()
 
 
@@ -349,15 +415,133 @@ def test_help_explains_every_flag():
 
 
 @pytest.mark.parametrize(
-    "height, width, size, fraction, expected",
-    [
-        (480, 640, 224, 0.875, (256, 341)),
-        (640, 480, 224, 0.875, (341, 256)),
-        (32, 32, 32, 1.0, (32, 32)),
-        (40, 50, 32, 1.0, (32, 40)),
-    ],
+    "fmt, height, width",
+    [(fmt, 375, 500) for fmt in ("JPEG", "PNG", "GIF", "BMP")]
+    + [("PNG", 1, 70000), ("BMP", 70000, 1), ("GIF", 500, 333)],
 )
-def test_bytes_path_resizes_the_shorter_side_for_its_centre_crop(height, width, size, fraction, expected):
-    from keras_resnet.export.graph import resized_shape
+def test_the_pixel_limit_reads_each_formats_header(fmt, height, width):
+    """encoded_shape on files PIL wrote, without decoding them."""
+    from keras_resnet.export.graph import encoded_shape
 
-    assert tuple(int(v) for v in resized_shape(height, width, (size, size), fraction)) == expected
+    data = encoded(np.zeros((height, width, 3), "uint8"), fmt)
+    assert [int(v) for v in encoded_shape(tf.constant(data))] == [height, width]
+    assert [int(v) for v in encoded_shape(tf.constant(b"RIFF....WEBPVP8 "))] == [-1, -1]
+
+
+# A process that takes an export's lock as an exporter does, makes its staging dir, says so
+# and waits: killed with SIGKILL, it leaves what a killed export leaves.
+HOLDER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from keras_resnet.export import staging
+    with staging.lock(sys.argv[1]):
+        os.makedirs(sys.argv[1], exist_ok=True)
+        print(staging.staging_dir(sys.argv[2]), flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def start_holder(target, version_dir):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_SCRIPT, target, version_dir], stdout=subprocess.PIPE, text=True, env=env
+    )
+    return holder, holder.stdout.readline().strip()
+
+
+@pytest.mark.slow
+def test_a_second_export_of_the_same_model_is_refused_and_a_killed_ones_leftovers_go(exported, tmp_path):
+    source = sources.from_run_dir(exported["run"])
+    base = tmp_path / "models"
+    base.mkdir()
+    holder, leftover = start_holder(str(base / "resnet20"), str(base / "resnet20" / "1"))
+    try:
+        assert os.path.isdir(leftover)
+        with pytest.raises(ValueError, match=rf"another export to .* is running \(process {holder.pid}\)"):
+            saved_model.export_saved_model(source, str(base), log=lambda _: None)
+        assert os.listdir(base / "resnet20") == [os.path.basename(leftover)]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lines = []
+    result = saved_model.export_saved_model(source, str(base), log=lines.append)
+    assert sorted(os.listdir(base / "resnet20")) == ["1"] and result.version == 1
+    assert any("leftover" in line and leftover in line for line in lines)
+
+
+def test_a_new_version_serving_another_task_is_refused_naming_the_difference(exported):
+    model_base = os.path.join(exported["base"], "resnet20")
+    before = sorted(os.listdir(model_base))
+    other = sources.ModelSource(exported["model"], "tf", class_names=tuple(CLASS_NAMES), name="resnet20")
+    with pytest.raises(
+        ValueError, match=r"serves a different model \(preprocessing.mode: \"pixel_mean\" there, \"tf\""
+    ):
+        saved_model.export_saved_model(other, exported["base"], crop_fraction=0.875, log=lambda _: None)
+    fewer = sources.ModelSource(exported["model"], "pixel_mean", exported["mean"], name="resnet20")
+    with pytest.raises(ValueError, match=r"class_names: .*digit 0.* there, null here.*--model_name"):
+        saved_model.export_saved_model(fewer, exported["base"], top_k=3, crop_fraction=0.875, log=lambda _: None)
+    assert sorted(os.listdir(model_base)) == before
+
+
+def test_an_export_that_differs_from_the_network_fails(exported):
+    """The exported version's outputs against the network with one weight changed, and with
+    another preprocessing: the float64 comparison tells both apart from rounding."""
+    from keras_resnet.export.graph import ServingGraph
+
+    weights = exported["model"].get_weights()
+    kernel = next(i for i, w in enumerate(weights) if w.ndim == 4)
+    weights[kernel][0, 0, 0, 0] += 0.05
+    changed = keras.models.clone_model(exported["model"])
+    changed.set_weights(weights)
+    graph = ServingGraph(sources.from_run_dir(exported["run"]), crop_fraction=0.875)
+    _, crops = verify.verification_set(graph, 4)
+    (outputs,) = verify.run_signatures(exported["result"].path, [("serving_default", {"images": crops})])
+    same = verify.Reference(graph.source).logits(crops)
+    assert verify.verify_outputs("same", outputs, same, top_k=TOP_K, class_names=CLASS_NAMES)["logits"] < 1e-5
+    for source in (
+        sources.ModelSource(changed, "pixel_mean", exported["mean"]),
+        sources.ModelSource(exported["model"], "pixel_mean", exported["mean"] + 2.0),
+    ):
+        with pytest.raises(verify.VerificationError, match="differ from the float64 network by .* Keras float32"):
+            verify.verify_outputs("changed", outputs, verify.Reference(source).logits(crops), top_k=TOP_K)
+
+
+def test_the_float64_comparison_is_printed(exported):
+    printed = exported["printed"]
+    for signature in ("serving_default@1", "serving_default@8", "serve_image_bytes@1", "serve_image_bytes@8"):
+        assert f"SavedModel {signature}: logits" in printed
+    assert "from float64 (Keras float32" in printed
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every user can enter (pytest's tmp_path is private to its owner)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp()
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_a_read_only_base_path_fails_before_the_model_is_loaded(shared_dir):
+    """Run as a user who cannot write there (root writes anywhere: then as nobody)."""
+    base = os.path.join(shared_dir, "readonly")
+    os.mkdir(base, 0o555)
+    command = [sys.executable, "export/to_saved_model.py", "--model_dir", os.path.join(shared_dir, "absent")]
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "HOME": shared_dir}
+    process = subprocess.run(
+        [*prefix, *command, "--base_path", os.path.join(base, "models")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 1, process.stderr[-2000:]
+    assert f"cannot write under '{base}' (Permission denied): choose a writable --base_path" in process.stderr
+    assert "absent" not in process.stderr  # refused before the model dir was even looked at
+    assert os.listdir(base) == []

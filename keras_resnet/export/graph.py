@@ -4,8 +4,11 @@ float RGB images in 0..255 -> the run's preprocessing -> the folded float32 net 
 BN in the convs, the preprocessing's channel order and scale in the first conv, so only its
 offset is added in front), its weights frozen into constants -> logits, softmax
 probabilities, top-k classes and scores (and class names when known).
-The bytes entry point decodes JPEG/PNG, resizes the shorter side and centre-crops to the
-net's input size first, all inside the graph.
+The bytes entry point first takes each image's centre view inside the graph, with the very
+function the evaluation pipeline uses (keras_resnet.data.views.center_view), so a served
+image gets the pixels the evaluated model saw. The SavedModel's entry points refuse a bad
+request (wrong shape, empty batch, NaN or Inf, an image over MAX_PIXELS by its header)
+with an InvalidArgumentError that names it: an error status in TF Serving, never a crash.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ IMAGE_BYTES = "image_bytes"
 FLOAT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serve_image_bytes"
 CLASS_NAMES = "class_names"
+# serve_image_bytes' pixel limit, checked in the image header before decoding: 50 megapixels
+# (an 8660 x 5773 photo) decode to 150 MB of RGB; a 316 KB PNG can claim 10000 x 10000.
+MAX_PIXELS = 50_000_000
+
+
+def default_top_k(classes):
+    """5 (the paper's top-5), or every class of a net with fewer."""
+    return min(5, classes)
 
 
 def default_crop_fraction(image_size):
@@ -29,35 +40,113 @@ def default_crop_fraction(image_size):
     return 1.0 if max(image_size) <= 64 else 0.875
 
 
-def resized_shape(height, width, image_size, crop_fraction):
-    """Size to resize a (height, width) image to so that its centre crop is `image_size`:
-    the aspect ratio is kept and the crop covers `crop_fraction` of the shorter side."""
-    scale = tf.maximum(
-        image_size[0] / (crop_fraction * tf.cast(height, tf.float32)),
-        image_size[1] / (crop_fraction * tf.cast(width, tf.float32)),
-    )
-    new_height = tf.maximum(tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32), image_size[0])
-    new_width = tf.maximum(tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32), image_size[1])
-    return new_height, new_width
+def centre_view_resize(image_size, crop_fraction):
+    """The shorter side the centre view resizes to: `image_size` / `crop_fraction`, rounded
+    (256 for 224 at 0.875, as the data pipeline's evaluation view)."""
+    return int(round(image_size[0] / crop_fraction))
 
 
-def decode_and_crop(data, image_size, crop_fraction):
-    """One encoded JPEG/PNG/GIF/BMP string -> float32 RGB [H, W, 3] in 0..255. A string that is
-    not an image raises InvalidArgumentError from the op (an error status in TF Serving)."""
-    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-    image = tf.cast(image, tf.float32)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    new_height, new_width = resized_shape(height, width, image_size, crop_fraction)
-    same_size = tf.logical_and(tf.equal(new_height, height), tf.equal(new_width, width))
-    image = tf.cond(
-        same_size,
-        lambda: image,
-        lambda: tf.image.resize(image, tf.stack([new_height, new_width]), antialias=True),
+def _header_bytes(data, start, count):
+    """`count` bytes of `data` from `start` as int64 (zeros past its end: no out-of-range error)."""
+    padded = tf.strings.join([data, tf.constant(b"\0" * (start + count))])
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(padded, start, count), tf.uint8), tf.int64)
+
+
+def _number(digits):
+    """Unsigned integer of int64 bytes, most significant first."""
+    powers = tf.reverse(tf.range(tf.size(digits, out_type=tf.int64)), [0])
+    return tf.reduce_sum(digits * tf.pow(tf.constant(256, tf.int64), powers))
+
+
+def encoded_shape(data):
+    """(height, width) int64 an encoded JPEG/PNG/GIF/BMP will decode to, read from its header
+    only (JPEG: tf.image.extract_jpeg_shape; PNG: IHDR; GIF: screen descriptor; BMP: DIB
+    header); (-1, -1) for other bytes."""
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(data, output_type=tf.int32)
+        return tf.cast(shape[0], tf.int64), tf.cast(shape[1], tf.int64)
+
+    def png():
+        header = _header_bytes(data, 16, 8)
+        return _number(header[4:8]), _number(header[0:4])
+
+    def gif():
+        header = _header_bytes(data, 6, 4)
+        return _number(header[3:1:-1]), _number(header[1::-1])
+
+    def bmp():
+        header = _header_bytes(data, 18, 8)
+        height = _number(header[7:3:-1])
+        return tf.abs(tf.where(height >= 2**31, height - 2**32, height)), _number(header[3::-1])
+
+    def unknown():
+        return tf.constant(-1, tf.int64), tf.constant(-1, tf.int64)
+
+    magic = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * 8)]), 0, 8)
+    return tf.case(
+        [
+            (tf.io.is_jpeg(data), jpeg),
+            (tf.equal(magic, b"\x89PNG\r\n\x1a\n"), png),
+            (tf.equal(tf.strings.substr(magic, 0, 3), b"GIF"), gif),
+            (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
+        ],
+        default=unknown,
+        exclusive=False,
     )
-    top = (new_height - image_size[0]) // 2
-    left = (new_width - image_size[1]) // 2
-    image = image[top : top + image_size[0], left : left + image_size[1], :]
-    return tf.ensure_shape(image, (*image_size, 3))
+
+
+def _checked(value, condition, message):
+    """`value` once `condition` holds, else an InvalidArgumentError carrying `message` (a
+    list of strings and tensors): a bad request is an error status, never a crash."""
+    assertion = tf.debugging.Assert(condition, message, summarize=8)
+    with tf.control_dependencies([assertion]):
+        return tf.identity(value)
+
+
+def _shape_is(tensor, expected):
+    """Whether `tensor` has exactly the shape `expected` (None: any size >= 1), tested at run
+    time: Rank and the padded Shape are not folded away by the declared input shape."""
+    rank = len(expected)
+    shape = tf.concat([tf.shape(tensor), tf.zeros([rank], tf.int32)], 0)[:rank]
+    sizes = [shape[i] >= 1 if size is None else tf.equal(shape[i], size) for i, size in enumerate(expected)]
+    return tf.logical_and(tf.equal(tf.raw_ops.Rank(input=tensor), rank), tf.reduce_all(tf.stack(sizes)))
+
+
+def check_images(images, image_size):
+    """`images` once they are a non-empty float batch [n, H, W, 3] of finite values."""
+    height, width = image_size
+    images = _checked(
+        images,
+        _shape_is(images, (None, height, width, 3)),
+        [f"images must be float32 [batch >= 1, {height}, {width}, 3], RGB in 0..255; got shape", tf.shape(images)],
+    )
+    return tf.debugging.check_numerics(images, "images hold NaN or Inf: pixels must be finite RGB values in 0..255")
+
+
+def check_image_bytes(image_bytes):
+    """`image_bytes` once they are a non-empty batch [n] of strings."""
+    return _checked(
+        image_bytes,
+        _shape_is(image_bytes, (None,)),
+        ["image_bytes must be a batch [n >= 1] of encoded JPEG/PNG images; got shape", tf.shape(image_bytes)],
+    )
+
+
+def decode_centre_view(data, image_size, resize, max_pixels):
+    """One encoded JPEG/PNG/GIF/BMP -> float32 RGB [H, W, 3] in 0..255: the data pipeline's
+    evaluation centre view (views.center_view), once its header says it has at most
+    `max_pixels` pixels. Other bytes raise InvalidArgumentError."""
+    from keras_resnet.data import views
+
+    height, width = encoded_shape(data)
+    data = _checked(data, height >= 0, ["image_bytes holds a string that is not a JPEG, PNG, GIF or BMP image"])
+    data = _checked(
+        data,
+        height * width <= max_pixels,
+        ["an image of", height, "x", width, f"pixels is over the limit of serve_image_bytes, {max_pixels} pixels"],
+    )
+    return tf.ensure_shape(views.center_view(data, image_size[0], resize), (*image_size, 3))
 
 
 def frozen_inference(model, image_size):
@@ -83,13 +172,23 @@ class ServingGraph:
     """The two entry points over one folded, frozen model (no variables to track or save).
     `merge_pools=False` keeps each max pool's zero padding as its own op (LiteRT lacks the merged form)."""
 
-    def __init__(self, source, *, top_k=5, crop_fraction=None, merge_pools=True):
+    def __init__(self, source, *, top_k=None, crop_fraction=None, max_pixels=MAX_PIXELS, merge_pools=True):
         classes = source.model.output_shape[-1]
-        if not isinstance(top_k, int) or not 1 <= top_k <= classes:
+        top_k = default_top_k(classes) if top_k is None else top_k
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= classes:
             raise ValueError(f"top_k={top_k!r} must be an integer in 1..{classes} (the model's classes)")
         crop_fraction = default_crop_fraction(source.image_size) if crop_fraction is None else crop_fraction
-        if not 0.0 < crop_fraction <= 1.0:
+        if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float)) or not 0 < crop_fraction <= 1:
             raise ValueError(f"crop_fraction={crop_fraction!r} must be in (0, 1]")
+        if source.image_size[0] != source.image_size[1]:
+            raise ValueError(
+                f"input size {source.image_size} is not square: the centre view is square, build the net with "
+                "input_shape=(S, S, 3) to export it"
+            )
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < source.image_size[0] ** 2:
+            raise ValueError(
+                f"max_pixels={max_pixels!r} must be an integer >= {source.image_size[0] ** 2} (the net's input)"
+            )
         order, scale, shift = channel_affine(source.preprocess_mode, source.mean)
         foldable = input_conv(source.model) is not None
         affine = (order, scale) if foldable else None
@@ -102,6 +201,8 @@ class ServingGraph:
         self.source = source
         self.top_k = top_k
         self.crop_fraction = crop_fraction
+        self.resize = centre_view_resize(source.image_size, crop_fraction)
+        self.max_pixels = max_pixels
         self.image_size = source.image_size
         self.class_names = source.class_names
 
@@ -125,8 +226,9 @@ class ServingGraph:
         return {"logits": logits, "probabilities": probabilities, "top_k_classes": classes, "top_k_scores": scores}
 
     def serve_images(self, images):
-        """float RGB [batch, H, W, 3] in 0..255 -> the named outputs, with class names if known."""
-        outputs = self.numeric_outputs(images)
+        """float RGB [batch, H, W, 3] in 0..255 -> the named outputs, with class names if known;
+        a wrong shape, an empty batch or a NaN/Inf pixel is an InvalidArgumentError."""
+        outputs = self.numeric_outputs(check_images(images, self.image_size))
         if self.class_names is not None:
             outputs[CLASS_NAMES] = tf.gather(tf.constant(self.class_names), outputs["top_k_classes"])
         return outputs
@@ -134,8 +236,8 @@ class ServingGraph:
     def serve_image_bytes(self, image_bytes):
         """Encoded images [batch] (what REST's {"b64": ...} carries) -> the named outputs."""
         images = tf.map_fn(
-            lambda data: decode_and_crop(data, self.image_size, self.crop_fraction),
-            image_bytes,
+            lambda data: decode_centre_view(data, self.image_size, self.resize, self.max_pixels),
+            check_image_bytes(image_bytes),
             fn_output_signature=tf.TensorSpec((*self.image_size, 3), tf.float32),
         )
         return self.serve_images(images)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from keras_resnet.export import calibration, onnx, saved_model, sources, tf_serving
+from keras_resnet.export import calibration, onnx, saved_model, sources, tf_serving, verify
 
 EVAL_COUNT = 1000
 
@@ -34,7 +34,8 @@ def export_run(
     """Export the newest checkpoint of `model_dir` under `output_dir` (default
     `<model_dir>/export`): `saved_model/<name>/<version>/` + `saved_model/models.config` for
     TF Serving, and `onnx/<name>.onnx` (+ `.int8.onnx` calibrated on the run's training data,
-    with test accuracy against float32). Every artifact is verified before it appears."""
+    with test accuracy against float32). Every artifact is verified against the same float64
+    evaluation of the network before it appears."""
     source = sources.from_run_dir(model_dir, name=model_name)
     output_dir = output_dir or os.path.join(model_dir, "export")
     base_path = os.path.join(output_dir, "saved_model")
@@ -48,8 +49,12 @@ def export_run(
         int8 = False
     if int8:
         calibration_images, _ = calibration.dataset_images(source.dataset, "train", calibration_count, **data_kwargs)
+    if (int8 or fp16) and source.dataset is not None:
         eval_images, eval_labels = calibration.dataset_images(source.dataset, "test", eval_count, **data_kwargs)
-    exported_saved_model = saved_model.export_saved_model(source, base_path, version=version, log=log)
+    reference = verify.Reference(source)
+    exported_saved_model = saved_model.export_saved_model(
+        source, base_path, version=version, reference=reference, log=log
+    )
     exported_onnx = onnx.export_onnx(
         source,
         onnx_path,
@@ -60,6 +65,7 @@ def export_run(
         eval_images=eval_images,
         eval_labels=eval_labels,
         overwrite=True,
+        reference=reference,
         log=log,
     )
     log(

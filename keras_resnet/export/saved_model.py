@@ -2,26 +2,30 @@
 
 TF Serving polls the base path and loads any integer directory it finds, so a version is
 built and verified in a hidden temporary directory beside it and renamed into place only
-after the check passed: a failed export leaves nothing TF Serving could pick up.
+after the check passed: a failed export leaves nothing TF Serving could pick up. One
+export per model name at a time (a lock beside it); a new version must serve the same task
+as the newest one (classes, input size, signatures, preprocessing) unless told otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import shutil
-import tempfile
 
-from keras_resnet.export import sources, tf_serving, verify
-from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, ServingGraph
+from keras_resnet.export import sources, staging, tf_serving, verify
+from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, MAX_PIXELS, ServingGraph
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SERVING_FACTS = os.path.join("assets.extra", "keras_resnet_serving.json")
 
 
 @dataclasses.dataclass(frozen=True)
 class SavedModelExport:
-    """Where a verified SavedModel landed and how closely it matched the Keras model."""
+    """Where a verified SavedModel landed and how closely it matched the float64 network."""
 
     path: str
     version: int
@@ -38,15 +42,24 @@ def parse_version(version):
     return int(version)
 
 
+def check_base_path(base_path):
+    """Refuse a base path that is a file or where nothing can be written, before any model
+    is loaded."""
+    if os.path.exists(base_path) and not os.path.isdir(base_path):
+        raise ValueError(f"base path {base_path!r} is a file, not a directory")
+    staging.check_writable(base_path, "--base_path")
+
+
 def check_target(base_path, model_name, version, overwrite):
     """(model dir, version) after refusing every bad target before anything is written."""
     if not _NAME.match(str(model_name)):
         raise ValueError(f"model_name={model_name!r} must be letters, digits, '_', '-' or '.' (a directory name)")
-    if os.path.exists(base_path) and not os.path.isdir(base_path):
-        raise ValueError(f"base path {base_path!r} is a file, not a directory")
+    check_base_path(base_path)
     model_base = os.path.join(base_path, model_name)
     if os.path.exists(model_base) and not os.path.isdir(model_base):
         raise ValueError(f"{model_base!r} is a file, not a directory")
+    if os.path.isdir(model_base):
+        staging.check_writable(model_base, "--base_path")
     existing = tf_serving.integer_versions(model_base)
     version = (max(existing, default=0) + 1) if version is None else parse_version(version)
     if version in existing and not overwrite:
@@ -56,16 +69,90 @@ def check_target(base_path, model_name, version, overwrite):
     return model_base, version
 
 
-def write_saved_model(graph, directory, model_name):
-    """Write the two signatures (over the folded model) and the warm-up records."""
+def serving_facts(graph):
+    """What a client of the served model relies on: compared between versions of one name."""
+    mean = graph.source.mean
+    return {
+        "classes": int(graph.source.model.output_shape[-1]),
+        "class_names": list(graph.class_names) if graph.class_names is not None else None,
+        "input_size": list(graph.image_size),
+        "signatures": {
+            FLOAT_SIGNATURE: ["images"],
+            BYTES_SIGNATURE: ["image_bytes"],
+            "outputs": ["logits", "probabilities", "top_k_classes", "top_k_scores"]
+            + (["class_names"] if graph.class_names is not None else []),
+            "top_k": graph.top_k,
+        },
+        "preprocessing": {
+            "mode": graph.source.preprocess_mode,
+            "mean_sha1": None if mean is None else hashlib.sha1(json.dumps(mean.tolist()).encode()).hexdigest(),
+            "centre_view": f"shorter side {graph.resize}, centre {graph.image_size[0]}",
+        },
+    }
+
+
+def _recorded_facts(version_dir):
+    """The serving facts a version was exported with, or None for one exported without them."""
+    path = os.path.join(version_dir, SERVING_FACTS)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _describe(value):
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _flat(facts, prefix=""):
+    """{"preprocessing.mode": ..., ...}: nested facts by dotted name."""
+    flat = {}
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_task(model_base, facts):
+    """Refuse a new version whose serving facts differ from the newest version's, naming
+    each difference; a newest version exported without facts is not compared."""
+    existing = tf_serving.integer_versions(model_base)
+    if not existing:
+        return
+    newest = os.path.join(model_base, str(max(existing)))
+    recorded = _recorded_facts(newest)
+    if recorded is None:
+        return
+    recorded, facts = _flat(recorded), _flat(facts)
+    differences = [
+        f"{key}: {_describe(recorded.get(key))} there, {_describe(facts[key])} here"
+        for key in facts
+        if recorded.get(key) != facts[key]
+    ]
+    if differences:
+        raise ValueError(
+            f"{newest!r} serves a different model ({'; '.join(differences)}): clients of "
+            f"{os.path.basename(model_base)!r} would break. Pass overwrite=True (--overwrite) to add it anyway, "
+            "or give it its own model_name (--model_name)"
+        )
+
+
+def write_saved_model(graph, directory, model_name, warmup_batch_sizes=(1,)):
+    """Write the two signatures (over the folded model), the warm-up records (one request per
+    signature and batch size) and the facts."""
     import keras
 
     archive = keras.export.ExportArchive()
     archive.add_endpoint(FLOAT_SIGNATURE, graph.serve_images, input_signature=[graph.images_spec()])
     archive.add_endpoint(BYTES_SIGNATURE, graph.serve_image_bytes, input_signature=[graph.bytes_spec()])
     archive.write_out(directory, verbose=False)
-    tf_serving.write_warmup(directory, model_name, graph.image_size)
+    tf_serving.write_warmup(directory, model_name, graph.image_size, warmup_batch_sizes)
     sources.write_record(directory, graph.source)
+    with open(os.path.join(directory, SERVING_FACTS), "w") as f:
+        json.dump(serving_facts(graph), f, indent=1)
 
 
 def _make_dirs(path):
@@ -79,15 +166,15 @@ def _make_dirs(path):
     return created
 
 
-def _move_into_place(staging, final):
+def _move_into_place(staged, final):
     """Rename the verified staging dir to `final`; an existing version (overwrite) is moved
     aside only just before, and deleted after."""
     if not os.path.exists(final):
-        os.rename(staging, final)
+        os.rename(staged, final)
         return
-    retired = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".retired-")
-    os.rename(final, os.path.join(retired, "old"))
-    os.rename(staging, final)
+    retired = f"{os.path.dirname(final)}/{staging.RETIRED_PREFIX}{os.path.basename(final)}-{os.getpid()}"
+    os.rename(final, retired)
+    os.rename(staged, final)
     shutil.rmtree(retired)
 
 
@@ -98,36 +185,63 @@ def export_saved_model(
     model_name=None,
     version=None,
     overwrite=False,
-    top_k=5,
+    top_k=None,
     crop_fraction=None,
+    max_pixels=MAX_PIXELS,
     serving_base="/models",
-    rtol=verify.FLOAT32_RTOL,
+    reference=None,
+    batching=False,
+    version_label=None,
     log=print,
+    **bound,
 ):
     """Export `source` (a `sources.ModelSource`) to `<base_path>/<model_name>/<version>/`.
+    `batching=True` also writes `<base_path>/batching_parameters.txt` chosen from latencies
+    measured here; the warm-up requests cover every batch size the base path's batching
+    parameters allow. `version_label` labels the new version so in models.config.
 
-    The SavedModel's signatures are verified in a new process against the Keras model before
-    the version dir appears; on any failure nothing is left at the target. Also (re)writes
+    The SavedModel's signatures are verified in a new process against the float64 network
+    before the version dir appears (`bound`: verify.check_float32's factor and floor); on
+    any failure nothing is left at the target. A second export of the same model name while
+    one runs is refused; leftovers of killed exports are removed. Also (re)writes
     `<base_path>/models.config` listing every model under the base path.
     """
     model_name = model_name or source.name
-    model_base, version = check_target(base_path, model_name, version, overwrite)
-    graph = ServingGraph(source, top_k=top_k, crop_fraction=crop_fraction)
-    created = _make_dirs(model_base)
-    staging = tempfile.mkdtemp(dir=model_base, prefix=f".tmp-{version}-")
-    final = os.path.join(model_base, str(version))
+    check_target(base_path, model_name, version, overwrite)
+    if version_label is not None:
+        tf_serving.check_label(version_label)
+    graph = ServingGraph(source, top_k=top_k, crop_fraction=crop_fraction, max_pixels=max_pixels)
+    batching = tf_serving.measured_batching(graph, log) if batching else None
+    warmup_sizes = tf_serving.serving_batch_sizes(base_path, batching)
+    created = _make_dirs(base_path)
+    model_base = os.path.join(base_path, model_name)
     try:
-        write_saved_model(graph, staging, model_name)
-        differences = verify.verify_saved_model(staging, graph, rtol=rtol)
-        os.chmod(staging, 0o755)
-        _move_into_place(staging, final)
+        with staging.lock(model_base):
+            staging.remove_leftovers(model_base, None, log)  # only this model's exports write there
+            model_base, version = check_target(base_path, model_name, version, overwrite)
+            if not overwrite:
+                check_same_task(model_base, serving_facts(graph))
+            created = _make_dirs(model_base) + created
+            final = os.path.join(model_base, str(version))
+            staged = staging.staging_dir(final)
+            try:
+                write_saved_model(graph, staged, model_name, warmup_sizes)
+                differences = verify.verify_saved_model(staged, graph, reference, log=log, **bound)
+                os.chmod(staged, 0o755)
+                _move_into_place(staged, final)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         for directory in created:
-            if not os.listdir(directory):
+            if os.path.isdir(directory) and not os.listdir(directory):
                 os.rmdir(directory)
         raise
-    worst = max(max(d.values()) for d in differences.values())
-    log(f"SavedModel verified in a new process (worst relative difference {worst:.2e} <= {rtol:g}): {final}")
-    config = tf_serving.write_models_config(base_path, serving_base)
+    log(f"SavedModel verified in a new process against the float64 network: {final}")
+    with staging.lock(os.path.join(base_path, tf_serving.MODELS_CONFIG)):
+        labels = {model_name: {version_label: version}} if version_label else None
+        config = tf_serving.write_models_config(base_path, serving_base, labels)
+    if batching:
+        with staging.lock(os.path.join(base_path, tf_serving.BATCHING_PARAMETERS)):
+            log(f"batching parameters: {tf_serving.write_batching_parameters(base_path, batching)}")
     return SavedModelExport(final, version, config, differences)

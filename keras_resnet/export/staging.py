@@ -1,0 +1,115 @@
+"""Publishing an export safely: one writer per target, files staged beside it, leftovers of
+killed exports removed by the next export of the same target.
+
+Every exporter of a target holds `lock(target)` (an flock, released by the kernel when the
+process ends, even by kill -9) from before its first write until its files are in place;
+a second exporter of the same target is refused at once. Staging names start with
+`.tmp-<target name>-`, so the lock holder knows that any such name it finds was left by an
+export that no longer runs, and removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+
+STAGING_PREFIX = ".tmp-"
+RETIRED_PREFIX = ".retired-"
+
+
+def nearest_directory(path):
+    """The deepest existing directory on the way to `path` (itself if it exists)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_writable(path, flag):
+    """Refuse, before any model is loaded, a target under which no file can be written: the
+    nearest existing directory on its way must accept one (a real write, so a read-only
+    mount is caught as well as permissions). `flag` names the option to change."""
+    directory = nearest_directory(path)
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory!r} is a file, not a directory: choose another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=f"{STAGING_PREFIX}write-test-")
+    except OSError as error:
+        raise ValueError(
+            f"cannot write under {directory!r} ({error.strerror}): choose a writable {flag} "
+            f"(for {os.path.abspath(path)!r})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _lock_path(target):
+    return os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.lock")
+
+
+@contextlib.contextmanager
+def lock(target):
+    """Hold the export lock of `target` (a file or directory path whose parent exists); a
+    ValueError names the process holding it. The lock file is removed on release."""
+    path = _lock_path(target)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(
+                f"another export to {os.path.abspath(target)!r} is running (process {holder}): wait for it to "
+                "finish, or export elsewhere"
+            ) from None
+        try:
+            same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:  # not a lock file its last holder removed after this process opened it
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)
+
+
+def staging_file(target):
+    """A new hidden file beside `target`, named for it (same file system: renaming it onto
+    `target` is atomic)."""
+    directory, name = os.path.split(os.path.abspath(target))
+    fd, path = tempfile.mkstemp(dir=directory, prefix=f"{STAGING_PREFIX}{name}-", suffix=os.path.splitext(name)[1])
+    os.close(fd)
+    return path
+
+
+def staging_dir(target):
+    """A new hidden directory beside `target`, named for it."""
+    directory, name = os.path.split(os.path.abspath(target))
+    return tempfile.mkdtemp(dir=directory, prefix=f"{STAGING_PREFIX}{name}-")
+
+
+def remove_leftovers(directory, names, log=print):
+    """Remove the staging files and dirs of `names` (targets in `directory`; None: all of
+    them) that killed exports left behind. Call only while holding the lock of every one."""
+    if not os.path.isdir(directory):
+        return []
+    names = [""] if names is None else [f"{name}-" for name in names]
+    prefixes = tuple(f"{prefix}{name}" for name in names for prefix in (STAGING_PREFIX, RETIRED_PREFIX))
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        if entry.startswith(prefixes):
+            path = os.path.join(directory, entry)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+            removed.append(path)
+    if removed:
+        log(f"removed {len(removed)} leftover(s) of an interrupted export: {', '.join(removed)}")
+    return removed
