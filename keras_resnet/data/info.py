@@ -69,10 +69,11 @@ def _files_info(name, data_dir, val_split):
 
 def reads_files(name, data_dir):
     """Whether `name` is read from data_dir's TFRecord shards or class folders (not an
-    in-memory set, nor a TFDS dir): the streamed sets any name may go by."""
+    in-memory set, nor a TFDS dir): the streamed sets any name may go by, "digits" too
+    when a data_dir of folders is given."""
     if name == IMAGENET:
         return True
-    if not data_dir or name == "digits" or (name in CIFAR and arrays.cifar_locate(name, data_dir)):
+    if not data_dir or (name in CIFAR and arrays.cifar_locate(name, data_dir)):
         return False
     try:
         return sources.detect_source(data_dir) in ("tfrecord", "folders")
