@@ -33,62 +33,32 @@ class Classifier:
     mean: np.ndarray | None
     dataset: str | None = None
     image_size: int | None = None
-
-
-def _architecture(path):
-    """(registry name, builder kwargs) of the network whose weights are at `path`."""
-    from keras_resnet import weights as weights_lib
-    from keras_resnet.training import saved_run
-
-    if os.path.isdir(path):
-        config = saved_run.read_config(path)
-        kwargs = {k: v for k, v in (config.get("model_kwargs") or {}).items() if k != "input_shape"}
-        return config["model"], kwargs
-    if path.endswith(".keras"):
-        import keras
-
-        import keras_resnet.blocks  # noqa: F401  registers ZeroPadShortcut for deserialisation
-
-        architecture = weights_lib.describe(keras.saving.load_model(path, compile=False))
-    elif path.endswith(".weights.h5") and weights_lib.read_metadata(path) is not None:
-        architecture = weights_lib.Architecture.from_json(weights_lib.read_metadata(path)["architecture"])
-    else:
-        raise ValueError(
-            f"{path!r} is not a training run dir, a .keras file or a keras_resnet .weights.h5 with metadata"
-        )
-    if not architecture.include_top:
-        raise ValueError(f"{path!r} holds a network without its classifier: nothing to evaluate")
-    kwargs = {
-        "shortcut": architecture.shortcut,
-        "stride_in": architecture.stride_in,
-        "bn_epsilon": architecture.bn_epsilon,
-        "classes": architecture.classes,
-    }
-    return architecture.name, kwargs
+    class_names: tuple | None = None
 
 
 def load_classifier(path, preprocess_mode=None, mean=None):
-    """The network at `path` (run dir, .keras, .weights.h5) for any image size, with the
-    preprocessing its weights record (or `preprocess_mode`/`mean` where they record none)."""
-    from keras_resnet import weights as weights_lib
-    from keras_resnet.builders import get_builder
+    """The network at `path` (run dir, .keras, .weights.h5, keras.applications .h5) built for
+    any image size by `keras_resnet.load`, with the preprocessing and class names its record
+    holds (`preprocess_mode`/`mean` only where it records none); a run dir also gives its
+    data set."""
+    import keras_resnet
     from keras_resnet.training import saved_run
 
     if not os.path.exists(path):
         raise ValueError(f"{path!r} does not exist: give a training run dir, a .keras or a .weights.h5 file")
-    name, kwargs = _architecture(path)
-    model = get_builder(name)(weights=path, input_shape=(None, None, 3), **kwargs)
-    mode, recorded_mean = weights_lib.preprocessing(path)
-    mode, mean = preprocess_mode or mode, mean if mean is not None else recorded_mean
-    if mode is None:
-        raise ValueError(
-            f"{path!r} does not record its preprocessing: pass preprocess_mode (caffe, torch, tf, pixel_mean)"
-        )
-    dataset = image_size = None
-    if os.path.isdir(path):  # a run evaluates on its own data set, at its own crop size
-        config = saved_run.read_config(path)
-        dataset, image_size = config.get("dataset"), config["model_kwargs"]["input_shape"][0]
-    return Classifier(model, name, mode, mean, dataset, image_size)
+    loaded = keras_resnet.load(path, input_shape=(None, None, 3), preprocess_mode=preprocess_mode, mean=mean)
+    if not loaded.record.architecture.include_top:
+        raise ValueError(f"{path!r} holds a network without its classifier: nothing to evaluate")
+    dataset = saved_run.read_config(path).get("dataset") if os.path.isdir(path) else None
+    return Classifier(
+        loaded.model,
+        loaded.name,
+        loaded.preprocess_mode,
+        loaded.mean,
+        dataset,
+        loaded.record.eval_crop,
+        loaded.class_names,
+    )
 
 
 def default_split(dataset, data_dir=None, val_split=0.0):
@@ -109,14 +79,14 @@ def default_split(dataset, data_dir=None, val_split=0.0):
 
 
 def run_data(model_dir):
-    """(dataset, data_dir, val_split, class names) a training run dir was trained on, from its
-    config.json; with val_split the held-out files must still be those the run listed."""
+    """(dataset, data_dir, val_split) a training run dir was trained on, from its config.json;
+    with val_split the held-out files must still be those the run listed."""
     from keras_resnet.training import inputs, saved_run
 
     config = saved_run.read_config(model_dir)
     data_dir, val_split = config.get("data_dir"), config.get("val_split") or 0.0
     inputs.check_held_out(model_dir, inputs.held_out_files(data_dir, val_split))
-    return config.get("dataset"), data_dir, val_split, config.get("class_names")
+    return config.get("dataset"), data_dir, val_split
 
 
 def _top_k_wrong(scores, labels, k):

@@ -54,9 +54,7 @@ def run():
     if (FLAGS.model_dir is None) == (FLAGS.weights is None):
         raise ValueError("give exactly one of --model_dir and --weights")
     classifier = evaluation.load_classifier(FLAGS.model_dir or FLAGS.weights, FLAGS.preprocess_mode)
-    dataset, data_dir, val_split, names = (None, None, 0.0, None)
-    if FLAGS.model_dir:
-        dataset, data_dir, val_split, names = evaluation.run_data(FLAGS.model_dir)
+    dataset, data_dir, val_split = evaluation.run_data(FLAGS.model_dir) if FLAGS.model_dir else (None, None, 0.0)
     if FLAGS.dataset or FLAGS.data_dir:  # another data set than the run's: its own splits
         dataset, data_dir, val_split = FLAGS.dataset or dataset, FLAGS.data_dir or data_dir, 0.0
     if dataset is None:
@@ -79,10 +77,11 @@ def run():
         confusions.append((view, metrics["confusion"]))
     for view, confusion in confusions:
         print(f"{dataset} {split}, {evaluation.VIEW_TITLES[view]}, per class:")
-        print(evaluation.per_class_table(confusion, names))
+        print(evaluation.per_class_table(confusion, classifier.class_names))
         if FLAGS.model_dir:
             path = os.path.join(FLAGS.model_dir, f"confusion_{split}_{view}.png")
-            evaluation.save_confusion_png(confusion, path, names, f"{dataset} {split}, {evaluation.VIEW_TITLES[view]}")
+            title = f"{dataset} {split}, {evaluation.VIEW_TITLES[view]}"
+            evaluation.save_confusion_png(confusion, path, classifier.class_names, title)
             print(f"confusion matrix: {path}")
     print(f"{dataset} {split}:")
     print(evaluation.error_table(rows))
