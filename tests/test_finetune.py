@@ -1,5 +1,7 @@
 """Fine-tuning helpers: what Keras actually trains after freeze / freeze_batchnorm."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -98,3 +100,24 @@ def test_from_pretrained_builds_what_the_weights_need(tmp_path):
     kept = finetune.from_pretrained(path, "resnet20")
     kept_head, source_head = kept.get_layer("predictions"), source.get_layer("predictions")
     np.testing.assert_array_equal(kept_head.kernel.numpy(), source_head.kernel.numpy())
+
+
+def keras_summary_counts(model):
+    """(trainable, total) parameters as Keras' model.summary() prints them."""
+    lines = []
+    model.summary(print_fn=lambda line, **kwargs: lines.append(line))
+    text = "\n".join(lines)
+    count = lambda name: int(re.search(rf"{name} params: ([\d,]+)", text).group(1).replace(",", ""))  # noqa: E731
+    return count("Trainable"), count("Total")
+
+
+def test_trainable_summary_names_the_frozen_stages_and_counts_what_keras_counts():
+    model = keras_resnet.ResNet50(weights=None, input_shape=(64, 64, 3), classes=3)
+    assert finetune.trainable_summary(model).startswith("fine-tuning: no stage frozen;")
+    finetune.freeze(model, up_to="conv3")
+    finetune.freeze_batchnorm(model)
+    trainable, total = keras_summary_counts(model)
+    line = finetune.trainable_summary(model)
+    assert line.startswith("fine-tuning: stages conv1, conv2, conv3 frozen, and ")
+    assert "BatchNormalization layers of the stages that train" in line
+    assert f"; {trainable:,} of {total:,} parameters train" in line
