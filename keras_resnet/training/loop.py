@@ -458,22 +458,22 @@ def loop_length(step, config, evaluating, seconds_per_step):
 
 
 def make_agreement(strategy):
-    """A function (stop requested, seconds per step) -> the same for every worker: any
-    worker's stop request and the slowest worker's step time. Under multi_worker each loop
-    boundary is a collective, so that all workers stop at the same step and size their
-    loops alike (loops of different lengths would pair mismatched collectives); elsewhere
-    the values pass through."""
+    """A function (stop requested, seconds per step) -> the same for every worker: whether
+    any worker was asked to stop, and the mean step time over workers. Under multi_worker
+    each loop boundary is a collective, so that all workers stop at the same step and size
+    their loops alike (loops of different lengths would pair mismatched collectives);
+    elsewhere the values pass through."""
     if strategy.num_replicas_in_sync == 1 or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return lambda requested, seconds: (requested, seconds)
 
     @tf.function
     def agree(values):
         per_replica = strategy.run(lambda: tf.identity(values))
-        return strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def agreed(requested, seconds):
-        stop, slowest = agree(tf.constant([float(requested), seconds or 0.0], tf.float64)).numpy().tolist()
-        return stop > 0, slowest or None
+        asking, total = agree(tf.constant([float(requested), seconds or 0.0], tf.float64)).numpy().tolist()
+        return asking > 0, (total / strategy.num_replicas_in_sync) or None
 
     return agreed
 
