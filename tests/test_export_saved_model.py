@@ -323,6 +323,43 @@ def test_second_export_is_version_2_and_existing_version_needs_overwrite(exporte
     assert sorted(os.listdir(os.path.join(exported["base"], "resnet20"))) == before == ["1", "2"]
 
 
+def test_a_new_version_serving_another_task_is_refused_naming_the_difference(exported):
+    model_base = os.path.join(exported["base"], "resnet20")
+    before = sorted(os.listdir(model_base))
+    other = sources.ModelSource(exported["model"], "tf", class_names=tuple(CLASS_NAMES), name="resnet20")
+    with pytest.raises(
+        ValueError, match=r"serves a different model \(preprocessing.mode: \"pixel_mean\" there, \"tf\""
+    ):
+        saved_model.export_saved_model(other, exported["base"], crop_fraction=0.875, log=lambda _: None)
+    fewer = sources.ModelSource(exported["model"], "pixel_mean", exported["mean"], name="resnet20")
+    with pytest.raises(ValueError, match=r"class_names: .*digit 0.* there, null here.*--model_name"):
+        saved_model.export_saved_model(fewer, exported["base"], top_k=3, crop_fraction=0.875, log=lambda _: None)
+    assert sorted(os.listdir(model_base)) == before
+
+
+def test_an_export_that_differs_from_the_network_fails(exported):
+    """The exported version's outputs against the network with one weight changed, and with
+    another preprocessing: the float64 comparison tells both apart from rounding."""
+    from keras_resnet.export.graph import ServingGraph
+
+    weights = exported["model"].get_weights()
+    kernel = next(i for i, w in enumerate(weights) if w.ndim == 4)
+    weights[kernel][0, 0, 0, 0] += 0.05
+    changed = keras.models.clone_model(exported["model"])
+    changed.set_weights(weights)
+    graph = ServingGraph(sources.from_run_dir(exported["run"]), crop_fraction=0.875)
+    _, crops = verify.verification_set(graph, 4)
+    (outputs,) = verify.run_signatures(exported["result"].path, [("serving_default", {"images": crops})])
+    same = verify.Reference(graph.source).logits(crops)
+    assert verify.verify_outputs("same", outputs, same, top_k=TOP_K, class_names=CLASS_NAMES)["logits"] < 1e-5
+    for source in (
+        sources.ModelSource(changed, "pixel_mean", exported["mean"]),
+        sources.ModelSource(exported["model"], "pixel_mean", exported["mean"] + 2.0),
+    ):
+        with pytest.raises(verify.VerificationError, match="differ from the float64 network by .* Keras float32"):
+            verify.verify_outputs("changed", outputs, verify.Reference(source).logits(crops), top_k=TOP_K)
+
+
 def test_failed_verification_leaves_no_version_dir(exported, tmp_path, monkeypatch):
     def fail_after_writing(path, graph, *args, **kwargs):
         assert os.path.isfile(os.path.join(path, "saved_model.pb"))  # the files were written
@@ -468,43 +505,6 @@ def test_a_second_export_of_the_same_model_is_refused_and_a_killed_ones_leftover
     result = saved_model.export_saved_model(source, str(base), log=lines.append)
     assert sorted(os.listdir(base / "resnet20")) == ["1"] and result.version == 1
     assert any("leftover" in line and leftover in line for line in lines)
-
-
-def test_a_new_version_serving_another_task_is_refused_naming_the_difference(exported):
-    model_base = os.path.join(exported["base"], "resnet20")
-    before = sorted(os.listdir(model_base))
-    other = sources.ModelSource(exported["model"], "tf", class_names=tuple(CLASS_NAMES), name="resnet20")
-    with pytest.raises(
-        ValueError, match=r"serves a different model \(preprocessing.mode: \"pixel_mean\" there, \"tf\""
-    ):
-        saved_model.export_saved_model(other, exported["base"], crop_fraction=0.875, log=lambda _: None)
-    fewer = sources.ModelSource(exported["model"], "pixel_mean", exported["mean"], name="resnet20")
-    with pytest.raises(ValueError, match=r"class_names: .*digit 0.* there, null here.*--model_name"):
-        saved_model.export_saved_model(fewer, exported["base"], top_k=3, crop_fraction=0.875, log=lambda _: None)
-    assert sorted(os.listdir(model_base)) == before
-
-
-def test_an_export_that_differs_from_the_network_fails(exported):
-    """The exported version's outputs against the network with one weight changed, and with
-    another preprocessing: the float64 comparison tells both apart from rounding."""
-    from keras_resnet.export.graph import ServingGraph
-
-    weights = exported["model"].get_weights()
-    kernel = next(i for i, w in enumerate(weights) if w.ndim == 4)
-    weights[kernel][0, 0, 0, 0] += 0.05
-    changed = keras.models.clone_model(exported["model"])
-    changed.set_weights(weights)
-    graph = ServingGraph(sources.from_run_dir(exported["run"]), crop_fraction=0.875)
-    _, crops = verify.verification_set(graph, 4)
-    (outputs,) = verify.run_signatures(exported["result"].path, [("serving_default", {"images": crops})])
-    same = verify.Reference(graph.source).logits(crops)
-    assert verify.verify_outputs("same", outputs, same, top_k=TOP_K, class_names=CLASS_NAMES)["logits"] < 1e-5
-    for source in (
-        sources.ModelSource(changed, "pixel_mean", exported["mean"]),
-        sources.ModelSource(exported["model"], "pixel_mean", exported["mean"] + 2.0),
-    ):
-        with pytest.raises(verify.VerificationError, match="differ from the float64 network by .* Keras float32"):
-            verify.verify_outputs("changed", outputs, verify.Reference(source).logits(crops), top_k=TOP_K)
 
 
 def test_the_float64_comparison_is_printed(exported):
