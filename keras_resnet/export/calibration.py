@@ -36,3 +36,14 @@ def dataset_images(name, split, count, *, data_dir=None, image_size=None, batch_
     if not images:
         raise ValueError(f"{name!r} split {split!r} has no images")
     return np.concatenate(images)[:count], np.concatenate(labels)[:count]
+
+
+def source_images(source, calibration_count, eval_count):
+    """(calibration images, test images, test labels) of the data set `source` was trained on,
+    for reduced-precision copies; a ValueError when the source names no data set."""
+    if source.dataset is None:
+        raise ValueError("int8 needs real calibration images: pass --dataset (a run dir names its own)")
+    kwargs = {"data_dir": source.data_dir, "image_size": source.image_size[0]}
+    calibration_images, _ = dataset_images(source.dataset, "train", calibration_count, **kwargs)
+    eval_images, eval_labels = dataset_images(source.dataset, "test", eval_count, **kwargs)
+    return calibration_images, eval_images, eval_labels
