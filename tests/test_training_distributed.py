@@ -183,7 +183,7 @@ LOSING = COMMON + textwrap.dedent(
         return loop.train(config("losing", strategy="multi_worker", train_steps=100000, checkpoint_interval=10,
                                  log_interval=10), in_order_inputs(), bn_free_cnn)
 
-    app.run(cli.absl_main(run))
+    app.run(cli.absl_main(run), argv=sys.argv[:1])
     """
 )
 
@@ -210,7 +210,7 @@ def test_a_lost_worker_is_one_line_naming_it_and_the_last_checkpoint(tmp_path, f
             subprocess.Popen(
                 [sys.executable, str(script), str(tmp_path)],
                 env=_env(TF_CONFIG=tf_config),
-                stdout=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
             )
@@ -219,7 +219,8 @@ def test_a_lost_worker_is_one_line_naming_it_and_the_last_checkpoint(tmp_path, f
     try:
         deadline = time.monotonic() + TIMEOUT
         while not (checkpoints / "ckpt-20.index").exists():
-            assert all(p.poll() is None for p in processes) and time.monotonic() < deadline
+            ended = [p for p in processes if p.poll() is not None]
+            assert not ended and time.monotonic() < deadline, ended and ended[0].stderr.read()[-3000:]
             time.sleep(0.1)
         signalled = time.monotonic()
         processes[1].send_signal(getattr(signal, fault))
