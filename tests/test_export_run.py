@@ -124,12 +124,16 @@ def test_a_run_dir_without_checkpoint_writes_nothing(tmp_path):
 
 
 def readme_export_commands(run_dir):
-    """The README's export commands for a run dir, with `runs/demo` replaced by `run_dir`."""
+    """The README's SavedModel and ONNX export commands of a run dir, with `runs/demo`
+    replaced by `run_dir`."""
     import shlex
 
     with open(os.path.join(REPO, "README.md")) as f:
         lines = [line for line in f.read().splitlines() if line.startswith("python export/to_")]
-    return [shlex.split(line.replace("runs/demo", run_dir))[1:] for line in lines if "--model_dir runs/demo" in line]
+    commands = [
+        shlex.split(line.replace("runs/demo", run_dir))[1:] for line in lines if "--model_dir runs/demo" in line
+    ]
+    return [command for command in commands if command[0] in ("export/to_saved_model.py", "export/to_onnx.py")]
 
 
 @pytest.mark.slow
