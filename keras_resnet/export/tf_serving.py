@@ -191,7 +191,7 @@ def batching_parameters_class():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
 
 
-def measure_latencies(run, image_size, batch_sizes=CANDIDATE_BATCH_SIZES, repeats=3):
+def measure_latencies(run, image_size, batch_sizes=CANDIDATE_BATCH_SIZES, repeats=5):
     """{batch size: median seconds} of `run(images)` on gray images at each batch size, after
     one untimed call per size."""
     latencies = {}
@@ -210,9 +210,9 @@ def measure_latencies(run, image_size, batch_sizes=CANDIDATE_BATCH_SIZES, repeat
 def choose_batching(latencies, num_batch_threads, min_gain=MIN_THROUGHPUT_GAIN, max_timeout_s=MAX_BATCH_TIMEOUT_S):
     """BatchingParameters from measured latencies ({batch size: seconds per call}).
 
-    allowed_batch_sizes: from 1, each next measured size while it serves at least `min_gain`
-    times the images/s of the last one kept (a bigger batch that serves no more images only
-    adds latency); max_batch_size: the last kept. batch_timeout_micros: the batch-1 latency,
+    allowed_batch_sizes: from 1, each measured size that serves at least `min_gain` times the
+    images/s of the last one kept (a bigger batch that serves no more images only adds
+    latency; one slow measurement does not end the list); max_batch_size: the last kept. batch_timeout_micros: the batch-1 latency,
     at most `max_timeout_s`, so a lone request waits at most as long as its own inference.
     num_batch_threads: the serving machine's cores (TF Serving's advice for CPUs)."""
     sizes = sorted(latencies)
@@ -222,9 +222,8 @@ def choose_batching(latencies, num_batch_threads, min_gain=MIN_THROUGHPUT_GAIN, 
         raise ValueError(f"num_batch_threads={num_batch_threads!r} must be an integer >= 1")
     allowed = [1]
     for size in sizes[1:]:
-        if size / latencies[size] < min_gain * allowed[-1] / latencies[allowed[-1]]:
-            break
-        allowed.append(size)
+        if size / latencies[size] >= min_gain * allowed[-1] / latencies[allowed[-1]]:
+            allowed.append(size)
     parameters = batching_parameters_class()()
     parameters.max_batch_size.value = allowed[-1]
     parameters.batch_timeout_micros.value = int(round(1e6 * min(latencies[1], max_timeout_s)))
