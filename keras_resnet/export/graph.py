@@ -177,6 +177,9 @@ class ServingGraph:
         top_k = default_top_k(classes) if top_k is None else top_k
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= classes:
             raise ValueError(f"top_k={top_k!r} must be an integer in 1..{classes} (the model's classes)")
+        recorded_resize = source.record.eval_resize if source.record is not None else None
+        if crop_fraction is None and recorded_resize:  # the record's centre view: what evaluation saw
+            crop_fraction = source.image_size[0] / recorded_resize
         crop_fraction = default_crop_fraction(source.image_size) if crop_fraction is None else crop_fraction
         if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float)) or not 0 < crop_fraction <= 1:
             raise ValueError(f"crop_fraction={crop_fraction!r} must be in (0, 1]")
