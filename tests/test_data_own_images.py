@@ -69,10 +69,11 @@ def own_config(data_dir, model_dir, **overrides):
 
 
 def run_cli(*args, timeout=300):
+    """(status, stdout, stdout + stderr) of a script run as a user runs it."""
     done = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
     )
-    return done.returncode, done.stdout + done.stderr
+    return done.returncode, done.stdout, done.stdout + done.stderr
 
 
 # ---------------------------------------------------------------- the data layer
@@ -104,48 +105,54 @@ def test_val_split_holds_out_the_same_files_in_a_fresh_process(own_dir):
     script = (
         "import sys, keras_resnet.data as d; print('\\n'.join(d.folder_split(sys.argv[1], 'validation', 0.25).paths))"
     )
-    rc, out = run_cli("-c", script, own_dir, timeout=120)
+    rc, out, _ = run_cli("-c", script, own_dir, timeout=120)
     assert rc == 0, out
     assert [line for line in out.splitlines() if line.startswith(own_dir)] == list(held.paths)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_every_mode_on_every_source_and_view(own_dir, tmp_path, mode):
-    """Folders (train/ with val_split), TFRecords and an in-memory set, each view: RGB images
-    of 3 channels, equal to preprocess_input of the unprocessed view."""
+def check_modes_views(name, data_dir, val_split, views, modes=MODES):
+    """Each mode in training and in each view: RGB images of 3 channels, equal to
+    preprocess_input of the unprocessed view."""
+    common = dict(data_dir=data_dir, val_split=val_split, image_size=32)
+    split = "test" if name == "digits" else "validation"
+    raws = {}
+    for view in views:
+        batch_size, scale = (1, 40) if view == "multiscale" else (3, None)
+        kw = dict(view=view, scale=scale, **common)
+        raw = data.make_eval_input_fn(name, split, batch_size, preprocess_mode="pixel_mean", mean=np.zeros(3), **kw)
+        raws[view] = (kw, batch_size, next(iter(raw(None)))[0].numpy())
+    for mode in modes:
+        mean = np.asarray([120.0, 110.0, 100.0], np.float32) if mode == "pixel_mean" else None
+        train = data.make_input_fn(name, "train", 4, training=True, preprocess_mode=mode, mean=mean, seed=0, **common)
+        batch, _ = next(iter(train(None)))
+        assert batch.shape == (4, 32, 32, 3), (name, mode)
+        for view, (kw, batch_size, x) in raws.items():
+            done = data.make_eval_input_fn(name, split, batch_size, preprocess_mode=mode, mean=mean, **kw)
+            y = next(iter(done(None)))[0].numpy()
+            assert y.shape[-1] == 3 and y.shape == x.shape, (name, view, mode)
+            np.testing.assert_allclose(y, preprocess_input(x, mode, mean), atol=1e-4)
+
+
+def test_every_mode_on_folders_of_every_colour_mode(own_dir):
+    check_modes_views("shapes3", own_dir, 0.25, ("center",))
+
+
+@pytest.mark.slow
+def test_every_mode_on_every_source_and_view(own_dir, tmp_path):
+    """Folders (train/ with val_split), TFRecords and an in-memory set, each view."""
     from data_writers import example, write_shards
 
-    shards = tmp_path / "shards"
-    os.makedirs(shards)
     images, labels = digits_arrays("test")
     records = [
         example(encode(image, "PNG", mode=PIL_MODES[i % 4]), int(label) + 1)
         for i, (image, label) in enumerate(zip(images[:6], labels[:6]))
     ]
-    write_shards(str(shards), "validation", records, 2)
-    write_shards(str(shards), "train", records, 2)
-    cases = [
-        ("shapes3", own_dir, 0.25, ("center", "10crop", "multiscale")),
-        ("imagenet", str(shards), 0.0, ("center", "10crop", "multiscale")),
-        ("digits", None, 0.0, ("center",)),
-    ]
-    for name, data_dir, val_split, views in cases:
-        mean = np.asarray([120.0, 110.0, 100.0], np.float32) if mode == "pixel_mean" else None
-        common = dict(data_dir=data_dir, val_split=val_split, image_size=32)
-        train = data.make_input_fn(name, "train", 4, training=True, preprocess_mode=mode, mean=mean, seed=0, **common)
-        batch, _ = next(iter(train(None)))
-        assert batch.shape == (4, 32, 32, 3), (name, mode)
-        split = "test" if name == "digits" else "validation"
-        for view in views:
-            batch_size, scale = (1, 40) if view == "multiscale" else (3, None)
-            kw = dict(view=view, scale=scale, **common)
-            raw = data.make_eval_input_fn(
-                name, split, batch_size, preprocess_mode="pixel_mean", mean=np.zeros(3, np.float32), **kw
-            )
-            done = data.make_eval_input_fn(name, split, batch_size, preprocess_mode=mode, mean=mean, **kw)
-            (x, _), (y, _) = next(iter(raw(None))), next(iter(done(None)))
-            assert y.shape[-1] == 3 and y.shape == x.shape, (name, view, mode)
-            np.testing.assert_allclose(y.numpy(), preprocess_input(x.numpy(), mode, mean), atol=1e-4)
+    write_shards(str(tmp_path), "validation", records, 2)
+    write_shards(str(tmp_path), "train", records, 2)
+    every_view = ("center", "10crop", "multiscale")
+    check_modes_views("shapes3", own_dir, 0.25, every_view)
+    check_modes_views("imagenet", str(tmp_path), 0.0, every_view)
+    check_modes_views("digits", None, 0.0, ("center",))
 
 
 # ---------------------------------------------------------------- the journey
@@ -193,6 +200,7 @@ def test_a_rerun_with_other_settings_is_refused_and_changes_nothing(trained, own
     assert _listing(trained.model_dir) == before
 
 
+@pytest.mark.slow
 def test_a_resume_holds_out_the_same_files(trained, own_dir):
     before = open(os.path.join(trained.model_dir, "held_out.txt")).read()
     result = loop.train(own_config(own_dir, trained.model_dir, preprocess_mode="tf", train_steps=3))
@@ -200,6 +208,7 @@ def test_a_resume_holds_out_the_same_files(trained, own_dir):
     assert open(os.path.join(trained.model_dir, "held_out.txt")).read() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pixel_mean", "caffe", "torch"])
 def test_every_preprocessing_mode_trains_on_folders(own_dir, tmp_path, mode):
     result = loop.train(own_config(own_dir, tmp_path / mode, preprocess_mode=mode))
@@ -210,8 +219,8 @@ def test_every_preprocessing_mode_trains_on_folders(own_dir, tmp_path, mode):
 
 
 def test_evaluate_needs_only_the_run_dir(trained):
-    rc, out = run_cli("train/evaluate.py", f"--model_dir={trained.model_dir}")
-    assert rc == 0, out[-3000:]
+    rc, out, everything = run_cli("train/evaluate.py", f"--model_dir={trained.model_dir}")
+    assert rc == 0, everything[-3000:]
     assert "shapes3 validation" in out and "nought" in out
     header, row = [line for line in out.splitlines() if line.strip()][-2:]
     assert row.split()[-2:] == ["-", "18"]  # no top-5 for 3 classes; the 18 held-out images
@@ -221,7 +230,7 @@ def test_evaluate_needs_only_the_run_dir(trained):
 @pytest.mark.slow
 def test_export_with_default_flags_serves_a_class_name_for_a_held_out_image(trained, own_dir, tmp_path):
     base = tmp_path / "serving"
-    rc, out = run_cli(
+    rc, _, out = run_cli(
         "export/to_saved_model.py", f"--model_dir={trained.model_dir}", f"--base_path={base}", timeout=600
     )
     assert rc == 0, out[-3000:]
@@ -229,9 +238,19 @@ def test_export_with_default_flags_serves_a_class_name_for_a_held_out_image(trai
     served = tf.saved_model.load(version).signatures["serve_image_bytes"]
     held = data.folder_split(own_dir, "validation", 0.25)
     path = next(p for p in held.paths if not p.endswith("header_only.png"))
-    outputs = served(image_bytes=tf.constant([open(path, "rb").read()]))
+    encoded = open(path, "rb").read()
+    outputs = served(image_bytes=tf.constant([encoded]))
     names = [n.decode() for n in np.ravel(outputs["class_names"].numpy())]
     assert set(names) <= set(NAMES) and names
+    # The served image is the one evaluation saw: the run's centre view (37, then 32), its mean.
+    import keras_resnet
+    from keras_resnet.data import views
+
+    loaded = keras_resnet.load(trained.model_dir)
+    view = views.center_view(tf.constant(encoded), 32, 37)[None].numpy()
+    expected = loaded.model.predict(loaded.preprocess(view), verbose=0)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4)
+    assert names[0] == NAMES[int(np.argmax(expected))]
 
 
 # ---------------------------------------------------------------- data nobody can read
@@ -269,7 +288,7 @@ def test_training_on_all_corrupt_folders_exits_with_one_line(tmp_path):
     for name in NAMES:
         os.makedirs(tmp_path / "bad" / "train" / name)
         (tmp_path / "bad" / "train" / name / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    rc, out = run_cli(
+    rc, _, out = run_cli(
         "train/cifar10.py",
         f"--data_dir={tmp_path / 'bad'}",
         f"--model_dir={tmp_path / 'run'}",
