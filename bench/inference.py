@@ -13,6 +13,15 @@ in the same process, and its ratio to keras.applications under tf.function.
   saved_model                     the exporter's SavedModel, serving_default, run in a
                                   TensorFlow session as TF Serving runs it
   onnx_fp32, onnx_int8, onnx_fp16 the exporter's ONNX files in onnxruntime (fp16 where it runs)
+  litert_fp32, litert_int8        the exporter's .tflite files (float32; full-integer int8) in
+                                  the LiteRT interpreter, XNNPACK, one thread per core
+  openvino_fp32, openvino_int8    the exporter's OpenVINO IR (float32 compute; NNCF int8) on
+                                  OpenVINO's CPU plugin
+  openvino_bf16                   the float32 IR as OpenVINO runs it by default on a CPU with
+                                  bfloat16 (its precision hint unset)
+
+Every row is timed at --batch_size, then again at --latency_batch_size (one image: what an
+online request costs, p50/p99); the last table puts both beside each exported file's size.
 
 The keras rows get preprocessed float images; the exported graphs take RGB 0..255 and carry
 the preprocessing (and softmax, top-k) inside, as they serve. Kernels are random, the BN
@@ -22,6 +31,7 @@ drop from the frozen SavedModel graph); the int8 copy is calibrated on random im
 accuracy is the exporter's report on real data).
 
     python bench/inference.py --json /tmp/inference.json
+    python bench/inference.py --rows saved_model,onnx_fp32 --latency_batch_size 0   # two rows, batch 32 only
     python bench/inference.py --quick --json /tmp/inference.json   # smoke run
 """
 
@@ -46,7 +56,13 @@ ROWS = (
     "onnx_fp32",
     "onnx_int8",
     "onnx_fp16",
+    "litert_fp32",
+    "litert_int8",
+    "openvino_fp32",
+    "openvino_int8",
+    "openvino_bf16",
 )
+EXPORTED = ROWS[4:]
 REFERENCE = "keras_applications_tf_function"
 QUICK = {
     "model": "resnet20",
@@ -60,6 +76,9 @@ QUICK = {
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "resnet50", "Registered keras_resnet architecture to time (keras_resnet.list_models()).")
 flags.DEFINE_integer("batch_size", 32, "Images per call.")
+flags.DEFINE_integer(
+    "latency_batch_size", 1, "Time every row again at this batch (online latency); 0: only --batch_size."
+)
 flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
 flags.DEFINE_bool(
     "quick",
@@ -104,20 +123,27 @@ def one_batch_dataset(batch):
     return tf.data.Dataset.from_tensors(batch).with_options(options)
 
 
-def keras_calls(prefix, model, batch):
-    """The tf.function and predict rows of one Keras model on a preprocessed batch."""
+def keras_binders(prefix, model, mode):
+    """The tf.function and predict rows of one Keras model: each binds RGB images (preprocessed
+    here, outside the timed call) to a call."""
     import tensorflow as tf
 
+    from keras_resnet.preprocessing import preprocess_input
+
     forward = tf.function(lambda x: model(x, training=False))
-    tensor = tf.constant(batch)
-    dataset = one_batch_dataset(batch)
-    return {
-        f"{prefix}_tf_function": lambda: forward(tensor).numpy(),
-        f"{prefix}_predict": lambda: model.predict(dataset, verbose=0),
-    }
+
+    def tf_function(images):
+        tensor = tf.constant(preprocess_input(images, mode))
+        return lambda: forward(tensor).numpy()
+
+    def predict(images):
+        dataset = one_batch_dataset(preprocess_input(images, mode))
+        return lambda: model.predict(dataset, verbose=0)
+
+    return {f"{prefix}_tf_function": tf_function, f"{prefix}_predict": predict}
 
 
-def saved_model_call(source, directory, images, inter_op_threads):
+def saved_model_binder(source, directory, inter_op_threads, reference):
     """serving_default of the exporter's SavedModel (folded, frozen, preprocessing inside) in a
     TensorFlow 1 session, as TF Serving runs it: Grappler and the oneDNN rewrites at load, then
     `Session.run`, with its own pool of `inter_op_threads` (0: TensorFlow's default).
@@ -128,7 +154,9 @@ def saved_model_call(source, directory, images, inter_op_threads):
     from keras_resnet.export.graph import FLOAT_SIGNATURE, IMAGES
     from keras_resnet.export.saved_model import export_saved_model
 
-    exported = export_saved_model(source, os.path.join(directory, "saved_model"), crop_fraction=1.0)
+    exported = export_saved_model(
+        source, os.path.join(directory, "saved_model"), crop_fraction=1.0, reference=reference
+    )
     config = tf.compat.v1.ConfigProto()
     if inter_op_threads:
         config.session_inter_op_thread_pool.add().num_threads = inter_op_threads
@@ -138,15 +166,26 @@ def saved_model_call(source, directory, images, inter_op_threads):
         signature = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], exported.path).signature_def[
             FLOAT_SIGNATURE
         ]
-    feed = {signature.inputs[IMAGES].name: images}
     fetch = signature.outputs["probabilities"].name
-    return lambda: session.run(fetch, feed)
+
+    def bind(images):
+        feed = {signature.inputs[IMAGES].name: images}
+        return lambda: session.run(fetch, feed)
+
+    return bind, directory_size(exported.path)
 
 
-def onnx_call(source, directory, images, calibration, name):
-    """One onnxruntime CPU session of the exporter's file for row `name` on the batch: one
-    export_onnx call per row, so a copy this onnxruntime cannot build or run (fp16 lacks
-    kernels in some builds) skips only its own row."""
+def directory_size(path):
+    """Bytes of the files under `path` (a file's own size for a file)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def onnx_binder(source, directory, calibration, name, reference):
+    """One onnxruntime CPU session of the exporter's file for row `name`: one export_onnx call
+    per row, so a copy this onnxruntime cannot build or run (fp16 lacks kernels in some
+    builds) skips only its own row."""
     from keras_resnet.export.onnx import export_onnx
     from keras_resnet.export.verify import onnx_session
 
@@ -159,31 +198,103 @@ def onnx_call(source, directory, images, calibration, name):
         calibration_images=calibration,
         overwrite=True,
         int8_min_agreement=0.0,
+        reference=reference,
     )
-    session = onnx_session({"fp32": result.path, "fp16": result.fp16_path, "int8": result.int8_path}[precision])
-    feed = {session.get_inputs()[0].name: images}
-    return lambda: session.run(None, feed)
+    path = {"fp32": result.path, "fp16": result.fp16_path, "int8": result.int8_path}[precision]
+    session = onnx_session(path)
+    feed_name = session.get_inputs()[0].name
+    return binder(lambda images: session.run(None, {feed_name: images})), directory_size(path)
+
+
+def binder(run):
+    """`bind(images) -> call` of a runtime's `run(images)`."""
+    return lambda images: lambda: run(images)
+
+
+def litert_binders(source, directory, calibration, names, reference):
+    """The exporter's .tflite files for the LiteRT rows in `names` (one export, int8 beside
+    float32 when asked) in the LiteRT interpreter (XNNPACK): ({row: bind}, {row: bytes})."""
+    from keras_resnet.export import litert
+
+    result = litert.export_litert(
+        source,
+        os.path.join(directory, "litert", "model.tflite"),
+        int8="litert_int8" in names,
+        calibration_images=calibration,
+        int8_min_agreement=0.0,
+        reference=reference,
+    )
+    paths = {name: result.paths[name.removeprefix("litert_")] for name in names}
+    runs = {name: litert.runner(path) for name, path in paths.items()}
+    binders = {name: binder(run) for name, run in runs.items()}
+    return binders, {name: directory_size(path) for name, path in paths.items()}
+
+
+def openvino_binders(source, directory, calibration, names, reference):
+    """The exporter's IR for the OpenVINO rows in `names` (one export, int8 beside float32
+    when asked) on OpenVINO's CPU plugin; openvino_bf16 is the float32 IR at OpenVINO's
+    default precision: ({row: bind}, {row: bytes})."""
+    from keras_resnet.export import openvino
+
+    result = openvino.export_openvino(
+        source,
+        os.path.join(directory, "openvino", "model.xml"),
+        int8="openvino_int8" in names,
+        calibration_images=calibration,
+        int8_min_agreement=0.0,
+        reference=reference,
+    )
+    paths = {name: result.paths["int8" if name == "openvino_int8" else "fp32"] for name in names}
+    runs = {name: openvino.runner(path, config={} if name == "openvino_bf16" else None) for name, path in paths.items()}
+    binders = {name: binder(run) for name, run in runs.items()}
+    sizes = {name: directory_size(path) + directory_size(openvino.weights_path(path)) for name, path in paths.items()}
+    return binders, sizes
 
 
 def _reason(error):
     return f"export failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
 
 
-def exported_calls(source, directory, images, calibration, wanted, inter_op_threads):
-    """(calls, skipped) of the exported rows in `wanted`; a row whose export fails is skipped
-    with the reason, so one broken path does not hide the others."""
-    calls, skipped = {}, {}
+def exported_binders(source, directory, calibration, wanted, inter_op_threads):
+    """({row: bind(images) -> call}, {row: file bytes}, skipped) of the exported rows in
+    `wanted`; a row whose export fails is skipped with the reason, so one broken path does not
+    hide the others. All exports share one float64 reference."""
+    from keras_resnet.export.verify import Reference
+
+    reference = Reference(source)
+    binders, sizes, skipped = {}, {}, {}
     for name in ("saved_model", "onnx_fp32", "onnx_int8", "onnx_fp16"):
         if name not in wanted:
             continue
         try:
             if name == "saved_model":
-                calls[name] = saved_model_call(source, directory, images, inter_op_threads)
+                binders[name], sizes[name] = saved_model_binder(source, directory, inter_op_threads, reference)
             else:
-                calls[name] = onnx_call(source, directory, images, calibration, name)
+                binders[name], sizes[name] = onnx_binder(source, directory, calibration, name, reference)
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
             skipped[name] = _reason(error)
-    return calls, skipped
+    for runtime, make in (("litert", litert_binders), ("openvino", openvino_binders)):
+        names = [name for name in EXPORTED if name.startswith(runtime) and name in wanted]
+        if not names:
+            continue
+        try:
+            made, made_sizes = make(source, directory, calibration, names, reference)
+            binders.update(made)
+            sizes.update(made_sizes)
+        except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
+            skipped.update(dict.fromkeys(names, _reason(error)))
+    return binders, sizes, skipped
+
+
+def timed_rows(binders, images, run, flops, peak):
+    """The rows of every binder's call on `images`, interleaved, with ratios to REFERENCE."""
+    calls = {name: bind(images) for name, bind in binders.items()}
+    seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"])
+    rows = [
+        timing.row(name, seconds[name], batch_size=len(images), flops_per_image=flops[name], peak_gflops=peak)
+        for name in calls
+    ]
+    return timing.add_ratios(rows, lambda name: REFERENCE)
 
 
 def main(argv):
@@ -193,6 +304,8 @@ def main(argv):
         raise app.UsageError(f"--rows {unknown} unknown; choose from {', '.join(ROWS)}")
     run = timing.settings(FLAGS, QUICK)
     timing.require_positive(run, ("batch_size", "iterations", "matmul_size", "calibration_images"))
+    if not 0 <= FLAGS.latency_batch_size <= run["batch_size"]:
+        raise app.UsageError(f"--latency_batch_size={FLAGS.latency_batch_size} must be in 0..--batch_size")
     if FLAGS.saved_model_inter_op_threads < 0:
         raise app.UsageError(
             f"--saved_model_inter_op_threads={FLAGS.saved_model_inter_op_threads} must be >= 0 (0: TensorFlow's default)"
@@ -215,35 +328,50 @@ def main(argv):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(run["batch_size"], *size, 3)).astype("float32")
     calibration = rng.uniform(0, 255, size=(run["calibration_images"], *size, 3)).astype("float32")
-    batch = np.asarray(preprocess_input(images, "caffe"))
     own_flops = 2 * count_flops(model)
     flops = dict.fromkeys(ROWS, own_flops)
-    calls = keras_calls("keras_resnet", model, batch)
+    binders = keras_binders("keras_resnet", model, "caffe")
     if wanted & {REFERENCE, "keras_applications_predict"}:
         peer = peer_model(builder, size)
-        calls.update(keras_calls("keras_applications", peer, batch))
+        binders.update(keras_binders("keras_applications", peer, "caffe"))
         flops.update(
             dict.fromkeys(("keras_applications_tf_function", "keras_applications_predict"), 2 * count_flops(peer))
         )
     source = ModelSource(model=model, preprocess_mode="caffe", name=run["model"])
     with tempfile.TemporaryDirectory() as directory:
-        exported, skipped = exported_calls(
-            source, directory, images, calibration, wanted, FLAGS.saved_model_inter_op_threads
+        exported, sizes, skipped = exported_binders(
+            source, directory, calibration, wanted, FLAGS.saved_model_inter_op_threads
         )
-        calls.update(exported)
-        calls = {name: calls[name] for name in ROWS if name in calls and name in wanted}
+        binders.update(exported)
+        binders = {name: binders[name] for name in ROWS if name in binders and name in wanted}
         peak = timing.matmul_gflops(run["matmul_size"])
-        seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"])
-    rows = [
-        timing.row(name, seconds[name], batch_size=run["batch_size"], flops_per_image=flops[name], peak_gflops=peak)
-        for name in calls
-    ]
-    timing.add_ratios(rows, lambda name: REFERENCE)
-    report(run, rows, skipped, peak, own_flops, size)
+        rows = timed_rows(binders, images, run, flops, peak)
+        latency_rows = []
+        if FLAGS.latency_batch_size:
+            latency_rows = timed_rows(binders, images[: FLAGS.latency_batch_size], run, flops, peak)
+    for row in rows + latency_rows:
+        row["file_mb"] = sizes[row["name"]] / 1e6 if row["name"] in sizes else None
+    report(run, rows, latency_rows, skipped, peak, own_flops, size)
 
 
-def report(run, rows, skipped, peak, own_flops, size):
-    """Print the table and write --json."""
+def print_side_by_side(rows, latency_rows, batch_size):
+    """Each row's images/s at the main batch, p50/p99 at the latency batch and file size."""
+    latency = {r["name"]: r for r in latency_rows}
+    batch = FLAGS.latency_batch_size
+    print(
+        f"\n{'row':{timing.NAME_WIDTH}s} {f'img/s @{batch_size}':>11s} {f'p50 @{batch} ms':>12s} {f'p99 @{batch} ms':>12s} {'file MB':>8s}"
+    )
+    for r in rows:
+        alone = latency.get(r["name"], {"p50_ms": float("nan"), "p99_ms": float("nan")})
+        size = "-" if r["file_mb"] is None else f"{r['file_mb']:.1f}"
+        print(
+            f"{r['name']:{timing.NAME_WIDTH}s} {r['images_per_s']:>11.1f} {alone['p50_ms']:>12.1f} "
+            f"{alone['p99_ms']:>12.1f} {size:>8s}"
+        )
+
+
+def report(run, rows, latency_rows, skipped, peak, own_flops, size):
+    """Print the tables and write --json."""
     timing.print_title(
         f"{run['model']} at {size[0]}x{size[1]}, batch {run['batch_size']}, {run['iterations']} interleaved calls per row "
         f"after {run['warmup']} warm-up; {own_flops / 2e9:.3f} GMAC per image; fp32 matmul {run['matmul_size']}^2: "
@@ -251,16 +379,33 @@ def report(run, rows, skipped, peak, own_flops, size):
         FLAGS.quick,
     )
     timing.print_table(rows, "x keras.app")
+    if latency_rows:
+        print(f"\nbatch {FLAGS.latency_batch_size}:")
+        timing.print_table(latency_rows, "x keras.app")
     timing.print_skipped(skipped)
+    if latency_rows:
+        print_side_by_side(rows, latency_rows, run["batch_size"])
     if FLAGS.json:
         timing.write_result(
             FLAGS.json,
-            packages=("tensorflow", "keras", "onnxruntime", "tf2onnx", "onnx", "numpy"),
+            packages=(
+                "tensorflow",
+                "keras",
+                "onnxruntime",
+                "tf2onnx",
+                "onnx",
+                "ai-edge-litert",
+                "openvino",
+                "nncf",
+                "numpy",
+            ),
             quick=FLAGS.quick,
             rows=rows,
             model=run["model"],
             image_size=list(size),
             batch_size=run["batch_size"],
+            latency_batch_size=FLAGS.latency_batch_size,
+            latency_rows=latency_rows,
             iterations=run["iterations"],
             warmup=run["warmup"],
             gmac_per_image=own_flops / 2e9,
