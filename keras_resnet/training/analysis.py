@@ -367,6 +367,8 @@ def plot_responses(responses, title=None, log_scale=False):
     (bottom); plain nets dashed, residual nets solid, a depth's runs in one colour
     (`run_colours`). `log_scale`: a logarithmic std axis, for runs whose stds differ by
     orders of magnitude (the paper's is linear)."""
+    from matplotlib.ticker import LogFormatter
+
     if not responses:
         raise ValueError("plot_responses needs at least one run")
     responses = label_runs(responses)
@@ -385,6 +387,8 @@ def plot_responses(responses, title=None, log_scale=False):
     for axes in (original, ranked):
         if log_scale:
             axes.set_yscale("log")
+            axes.yaxis.set_major_formatter(LogFormatter())
+            axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
         else:
             axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3, which="both")
