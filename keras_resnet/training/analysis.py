@@ -50,6 +50,7 @@ def _architecture(model_dir):
     is not a training run dir or trained a network no builder rebuilds."""
     from keras_resnet.training import saved_run
 
+    saved_run.read_config(model_dir)  # its error names the dir
     try:
         return saved_run.record_of(model_dir).architecture
     except ValueError as error:
