@@ -102,7 +102,7 @@ class Reference:
     distance from the truth, the floor every float32 export is measured against), cached per
     batch of images so several runtimes share one float64 pass."""
 
-    def __init__(self, source, batch_size=16):
+    def __init__(self, source, batch_size=4):
         self.source = source
         self.batch_size = batch_size
         self._twin = None
