@@ -16,6 +16,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_resnet.training import reporting, saved_run
@@ -150,6 +151,7 @@ def test_sigterm_saves_at_the_next_loop_boundary_and_exits_75(tmp_path):
     assert json.loads((model_dir / "config.json").read_text())["train_steps"] == 1000
 
 
+@pytest.mark.slow
 def test_a_second_signal_during_saves_ends_the_run_with_no_traceback_and_a_whole_checkpoint(tmp_path):
     """Checkpoints every step: the second Ctrl-C most likely lands in a save, which finishes first."""
     model_dir = tmp_path / "interrupted"
