@@ -6,7 +6,9 @@ import re
 import subprocess
 import sys
 
-import tomllib
+import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
