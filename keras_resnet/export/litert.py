@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from keras_resnet.export import onnx, staging, variants, verify
+from keras_resnet.export import staging, variants, verify
 from keras_resnet.export.graph import FLOAT_SIGNATURE, IMAGES, ServingGraph
 
 SUFFIX = ".tflite"
@@ -120,20 +120,6 @@ def verify_litert(path, graph, reference=None, *, batch_sizes=verify.BATCH_SIZES
     return variants.verify_float32(label, runner(path), graph, reference, batch_sizes=batch_sizes, log=log, **bound)
 
 
-def _publish(staged, output_path, overwrite, log):
-    """Rename every staged file onto its target (world-readable); with overwrite, remove the
-    copies an earlier export left that this one did not write."""
-    targets = family(output_path)
-    for tag, path in staged.items():
-        os.chmod(path, 0o644)
-        os.replace(path, targets[tag])
-    for tag, target in targets.items():
-        if tag not in staged and overwrite and os.path.exists(target):
-            os.unlink(target)
-            log(f"removed {target}: an earlier export's {tag} copy, not written this time")
-    return {tag: targets[tag] for tag in staged}
-
-
 def export_litert(
     source,
     output_path,
@@ -146,7 +132,7 @@ def export_litert(
     eval_labels=None,
     top_k=None,
     overwrite=False,
-    int8_min_agreement=onnx.INT8_MIN_AGREEMENT,
+    int8_min_agreement=variants.INT8_MIN_AGREEMENT,
     reference=None,
     log=print,
     **bound,
@@ -173,8 +159,7 @@ def export_litert(
     with staging.lock(output_path):
         staging.remove_leftovers(directory, [os.path.basename(p) for p in family(output_path).values()], log)
         check_output(output_path, overwrite)
-        staged = {}
-        try:
+        with staging.discarded_on_failure({}) as staged:
             for tag, data in convert(graph, tags, calibration_images).items():
                 staged[tag] = staging.staging_file(variant_path(output_path, tag))
                 with open(staged[tag], "wb") as f:
@@ -188,12 +173,7 @@ def export_litert(
             reports, accuracies = variants.check_all(
                 "LiteRT", runs, graph, reference, images, labels, where, int8_min_agreement, log
             )
-            published = _publish(staged, output_path, overwrite, log)
-        except BaseException:
-            for path in staged.values():
-                if os.path.exists(path):
-                    os.unlink(path)
-            raise
+            published = staging.publish(staged, family(output_path), overwrite, log)
     for tag, path in published.items():
         log(f"LiteRT {tag}: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     return LiteRTExport(published, differences, reports, accuracies)

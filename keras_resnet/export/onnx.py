@@ -18,19 +18,15 @@ import os
 
 import numpy as np
 
-from keras_resnet.export import staging, verify
+from keras_resnet.export import staging, variants, verify
 from keras_resnet.export.graph import IMAGES, ServingGraph
+from keras_resnet.export.variants import FP16_MAX_ACCURACY_DROP as FP16_MAX_ACCURACY_DROP
+from keras_resnet.export.variants import FP16_MAX_LOGITS as FP16_MAX_LOGITS
+from keras_resnet.export.variants import FP16_MIN_AGREEMENT as FP16_MIN_AGREEMENT
+from keras_resnet.export.variants import INT8_MAX_ACCURACY_DROP as INT8_MAX_ACCURACY_DROP
+from keras_resnet.export.variants import INT8_MIN_AGREEMENT
 
 MIN_OPSET = 17
-# Bounds of the reduced-precision copies against the float64 network, set from what they
-# measured on real images (BENCHMARKS.md): fp16's relative logits error on photos through
-# trained-statistics ResNet-18..152 and the digits ResNet-20; top-1 agreement and accuracy
-# on the held-out test images where the run has them.
-FP16_MAX_LOGITS = 0.05
-FP16_MIN_AGREEMENT = 0.99
-FP16_MAX_ACCURACY_DROP = 0.005
-INT8_MIN_AGREEMENT = 0.95
-INT8_MAX_ACCURACY_DROP = 0.02
 CALIBRATION_COUNT = 300
 VARIANTS = ("fp16", "int8")
 BATCH_AXIS = "batch"
@@ -195,41 +191,6 @@ def to_int8(fp32_path, int8_path, calibration_images):
             os.unlink(prepared)
 
 
-def _bounds(tag, int8_min_agreement):
-    """check_reduced_precision's keyword bounds of the `tag` copy."""
-    if tag == "fp16":
-        return {
-            "max_logits": FP16_MAX_LOGITS,
-            "min_agreement": FP16_MIN_AGREEMENT,
-            "max_accuracy_drop": FP16_MAX_ACCURACY_DROP,
-        }
-    return {"min_agreement": int8_min_agreement, "max_accuracy_drop": INT8_MAX_ACCURACY_DROP}
-
-
-def _check_variant(tag, path, graph, reference, images, labels, int8_min_agreement):
-    """The report of the `tag` copy at `path` on `images`, or a VerificationError naming the
-    bound it missed. fp16's agreement counts only on labelled held-out images (a trained
-    net's); on photos through a net that knows none of them near-ties flip."""
-    outputs = verify.onnx_outputs(verify.onnx_session(path), images)
-    verify.check_heads(outputs, top_k=graph.top_k, atol=1e-2)
-    report = verify.reduced_precision_report(outputs["logits"], reference.logits(images), labels)
-    bounds = _bounds(tag, int8_min_agreement)
-    if tag == "fp16" and labels is None:
-        bounds.pop("min_agreement")
-    return verify.check_reduced_precision(f"ONNX {tag}", report, **bounds)
-
-
-def _comparison_images(graph, calibration_images, eval_images, eval_labels):
-    """(images, labels or None, description) on which fp16/int8 are compared: held-out test
-    images if given, else the calibration images, else photos."""
-    if eval_images is not None:
-        labels = None if eval_labels is None else np.asarray(eval_labels)
-        return np.asarray(eval_images, dtype="float32"), labels, "test images"
-    if calibration_images is not None:
-        return np.asarray(calibration_images, dtype="float32"), None, "calibration images"
-    return verify.verification_set(graph, 32)[1], None, "photos"
-
-
 def _write_proto(model_proto, path):
     with open(path, "wb") as f:
         f.write(model_proto.SerializeToString())
@@ -245,20 +206,6 @@ def _stage(graph, opset, tags, output_path, staged, calibration_images):
         _write_proto(to_fp16(model_proto), staged["fp16"])
     if "int8" in tags:
         to_int8(staged["fp32"], staged["int8"], calibration_images)
-
-
-def _publish(staged, output_path, overwrite, log):
-    """Rename every staged file onto its target (world-readable); with overwrite, remove the
-    fp16/int8 copies an earlier export left that this one did not write."""
-    targets = family(output_path)
-    for tag, path in staged.items():
-        os.chmod(path, 0o644)
-        os.replace(path, targets[tag])
-    for tag, target in targets.items():
-        if tag not in staged and overwrite and os.path.exists(target):
-            os.unlink(target)
-            log(f"removed {target}: an earlier export's {tag} copy, not written this time")
-    return {tag: targets[tag] for tag in staged}
 
 
 def export_onnx(
@@ -300,26 +247,23 @@ def export_onnx(
         directory = os.path.dirname(os.path.abspath(output_path))
         staging.remove_leftovers(directory, [os.path.basename(p) for p in family(output_path).values()], log)
         check_output(output_path, overwrite, fp16, int8)
-        staged = {}
-        try:
+        with staging.discarded_on_failure({}) as staged:
             _stage(graph, opset, tags, output_path, staged, calibration_images)
             result = {"path": output_path}
             result["differences"] = verify.verify_onnx(staged["fp32"], graph, reference, log=log, **bound)
             log(f"ONNX opset {opset} float32 within float32's rounding of the float64 network")
-            images, labels, where = _comparison_images(graph, calibration_images, eval_images, eval_labels)
+            images, labels, where = variants.comparison_images(graph, calibration_images, eval_images, eval_labels)
+            expected = reference.logits(images)
             for tag in tags[1:]:
-                report = _check_variant(tag, staged[tag], graph, reference, images, labels, int8_min_agreement)
+                outputs = verify.onnx_outputs(verify.onnx_session(staged[tag]), images)
+                tag_bounds = variants.bounds(tag, int8_min_agreement, labelled=labels is not None)
+                report = variants.check(f"ONNX {tag}", outputs, graph, expected, labels, tag_bounds)
                 result[f"{tag}_report"] = report
-                log(f"  {tag} vs the float64 network on {len(images)} {where}: {_describe(report)}")
+                log(f"  {tag} vs the float64 network on {len(images)} {where}: {variants.describe(report)}")
             if labels is not None:
                 result["accuracy"] = accuracy_report(staged, reference, images, labels)
-                log(f"  test accuracy: {_describe(result['accuracy'])}")
-            published = _publish(staged, output_path, overwrite, log)
-        except BaseException:
-            for path in staged.values():
-                if os.path.exists(path):
-                    os.unlink(path)
-            raise
+                log(f"  test accuracy: {variants.describe(result['accuracy'])}")
+            published = staging.publish(staged, family(output_path), overwrite, log)
     for tag, path in published.items():
         log(f"ONNX {tag}: {path}")
         if tag != "fp32":
@@ -342,8 +286,3 @@ def accuracy_report(paths, reference, images, labels):
         report[f"{tag}_accuracy"] = float((top1 == labels).mean())
         report[f"{tag}_agreement_with_keras"] = float((top1 == keras_top1).mean())
     return report
-
-
-def _describe(report):
-    """`key value, ...` with floats to 4 significant digits, for the printed reports."""
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items())

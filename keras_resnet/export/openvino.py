@@ -21,7 +21,7 @@ import shutil
 
 import numpy as np
 
-from keras_resnet.export import onnx, staging, variants, verify
+from keras_resnet.export import staging, variants, verify
 from keras_resnet.export.graph import ServingGraph
 
 SUFFIX = ".xml"
@@ -142,23 +142,6 @@ def _stage(graph, tags, staged_dir, output_path, calibration_images):
     return staged
 
 
-def _publish(staged, output_path, overwrite, log):
-    """Move every staged IR onto its target, the .bin before the .xml that names it; with
-    overwrite, remove an earlier export's int8 copy that this one did not write."""
-    targets = family(output_path)
-    for tag, xml in staged.items():
-        for source, target in ((weights_path(xml), weights_path(targets[tag])), (xml, targets[tag])):
-            os.chmod(source, 0o644)
-            os.replace(source, target)
-    for tag, target in targets.items():
-        if tag not in staged and overwrite and os.path.exists(target):
-            for path in (target, weights_path(target)):
-                if os.path.exists(path):
-                    os.unlink(path)
-            log(f"removed {target}: an earlier export's {tag} copy, not written this time")
-    return {tag: targets[tag] for tag in staged}
-
-
 def export_openvino(
     source,
     output_path,
@@ -169,7 +152,7 @@ def export_openvino(
     eval_labels=None,
     top_k=None,
     overwrite=False,
-    int8_min_agreement=onnx.INT8_MIN_AGREEMENT,
+    int8_min_agreement=variants.INT8_MIN_AGREEMENT,
     reference=None,
     log=print,
     **bound,
@@ -209,7 +192,9 @@ def export_openvino(
             reports, accuracies = variants.check_all(
                 "OpenVINO", runs, graph, reference, images, labels, where, int8_min_agreement, log
             )
-            published = _publish(staged, output_path, overwrite, log)
+            published = staging.publish(
+                staged, family(output_path), overwrite, log, files=lambda xml: (weights_path(xml), xml)
+            )
         finally:
             shutil.rmtree(staged_dir, ignore_errors=True)
     for tag, path in published.items():

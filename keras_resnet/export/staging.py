@@ -113,3 +113,34 @@ def remove_leftovers(directory, names, log=print):
     if removed:
         log(f"removed {len(removed)} leftover(s) of an interrupted export: {', '.join(removed)}")
     return removed
+
+
+@contextlib.contextmanager
+def discarded_on_failure(staged):
+    """Remove every staged file ({tag: path}, filled inside the block) if the block fails, so
+    that a failed export leaves nothing beside its target."""
+    try:
+        yield staged
+    except BaseException:
+        for path in staged.values():
+            if os.path.exists(path):
+                os.unlink(path)
+        raise
+
+
+def publish(staged, targets, overwrite, log, files=lambda path: (path,)):
+    """Rename every staged copy ({tag: path}) onto its target ({tag: path}), world-readable;
+    with overwrite, remove the copies an earlier export left that this one did not write.
+    `files(path)`: the files of a copy, a companion before the file that names it (an
+    OpenVINO .bin before its .xml). Returns {tag: published path}."""
+    for tag, path in staged.items():
+        for source, target in zip(files(path), files(targets[tag])):
+            os.chmod(source, 0o644)
+            os.replace(source, target)
+    for tag, target in targets.items():
+        if tag not in staged and overwrite and os.path.exists(target):
+            for path in files(target):
+                if os.path.exists(path):
+                    os.unlink(path)
+            log(f"removed {target}: an earlier export's {tag} copy, not written this time")
+    return {tag: targets[tag] for tag in staged}
