@@ -1,11 +1,12 @@
-"""absl flags shared by the exporters' entry points: where the model comes from."""
+"""absl flags shared by the exporters' entry points: where the model comes from, which
+reduced-precision copies to write, and the main body of an exporter that writes them."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
 
-from absl import flags
+from absl import app, flags, logging
 
 from keras_resnet.preprocessing import MODES
 
@@ -80,6 +81,22 @@ def define_source_flags(flag_values=flags.FLAGS):
     )
 
 
+def define_variant_flags(output_help, int8_help, eval_help, overwrite_help, flag_values=flags.FLAGS):
+    """--output, --int8, --calibration_count, --eval_count, --top_k, --overwrite: what every
+    exporter with reduced-precision copies takes; the helps say what this format writes."""
+    flags.DEFINE_string("output", None, output_help, required=True, flag_values=flag_values)
+    flags.DEFINE_bool("int8", False, int8_help, flag_values=flag_values)
+    flags.DEFINE_integer("calibration_count", 300, "Training images for int8 calibration.", flag_values=flag_values)
+    flags.DEFINE_integer("eval_count", 1000, eval_help, flag_values=flag_values)
+    flags.DEFINE_integer(
+        "top_k",
+        None,
+        "How many classes top_k_classes / top_k_scores return (default: 5, or all if fewer).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool("overwrite", False, overwrite_help, flag_values=flag_values)
+
+
 def source_from_flags(flag_values=flags.FLAGS):
     """The ModelSource the parsed flags name, or a ValueError saying which flag is wrong."""
     from keras_resnet.export import sources
@@ -123,3 +140,39 @@ def exit_on_error(function, *args, **kwargs):
         return function(*args, **kwargs)
     except (ValueError, VerificationError) as error:
         sys.exit(f"error: {error}")
+
+
+def real_images(source, other_copies, flag_values=flags.FLAGS):
+    """(calibration images, test images, test labels) when --int8 is asked (it needs them), or
+    `other_copies` are and the model's data set is known (for their accuracy); else Nones."""
+    from keras_resnet.export.calibration import source_images
+
+    f = flag_values
+    if f.int8 or (other_copies and source.dataset is not None):
+        return source_images(source, f.calibration_count, f.eval_count)
+    return None, None, None
+
+
+def export_from_flags(argv, check_output, export, *, other_copies=False, flag_values=flags.FLAGS, **options):
+    """An exporter's main: the output checked before the model loads, then `export` (its
+    keyword `options` beside the shared flags' values); a bad input or a failed check exits
+    non-zero with its message. `other_copies`: copies besides int8 are asked for."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # the converters log every step at INFO
+    f = flag_values
+    exit_on_error(check_output, f.output, f.overwrite)
+    source = exit_on_error(source_from_flags, f)
+    calibration_images, eval_images, eval_labels = exit_on_error(real_images, source, other_copies, f)
+    return exit_on_error(
+        export,
+        source,
+        f.output,
+        int8=f.int8,
+        calibration_images=calibration_images,
+        eval_images=eval_images,
+        eval_labels=eval_labels,
+        top_k=f.top_k,
+        overwrite=f.overwrite,
+        **options,
+    )
