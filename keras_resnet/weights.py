@@ -503,10 +503,10 @@ def save(model, path, preprocessing_mode=None, source=None, *, mean=None):
         with h5py.File(staged, "a") as f:
             f.attrs[METADATA_ATTR] = record.to_text()
         with open(staged, "rb") as f:
-            _atomic_write_bytes(path, f.read())
+            atomic_write_bytes(path, f.read())
 
 
-def _atomic_write_bytes(path, data):
+def atomic_write_bytes(path, data):
     """Write `data` to `path` through a temporary file and a rename: never half-written."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")

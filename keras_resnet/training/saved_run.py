@@ -19,24 +19,11 @@ import numpy as np
 
 from keras_resnet import builders, weights
 from keras_resnet.record import Record
+from keras_resnet.weights import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 MEAN_FILE = "pixel_mean.npy"
-
-
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temporary file and a rename: never half-written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_config(model_dir, config, pixel_mean=None):
