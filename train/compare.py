@@ -22,16 +22,11 @@ FLAGS = flags.FLAGS
 
 def run():
     from keras_resnet.training import analysis
-    from keras_resnet.training.saved_run import atomic_write_bytes
 
     analysis.check_output(FLAGS.output)
     runs = [analysis.read_run(model_dir) for model_dir in FLAGS.runs]
-    analysis.save_figure(analysis.plot_error_curves(runs, FLAGS.title, FLAGS.max_error), FLAGS.output)
-    table = analysis.errors_table(runs)
-    print(table)
-    if FLAGS.table:
-        atomic_write_bytes(FLAGS.table, table.encode())
-    print(f"wrote {FLAGS.output}" + (f" and {FLAGS.table}" if FLAGS.table else ""))
+    figure = analysis.plot_error_curves(runs, FLAGS.title, FLAGS.max_error)
+    analysis.save_figure_and_table(figure, FLAGS.output, analysis.errors_table(runs), FLAGS.table)
 
 
 if __name__ == "__main__":

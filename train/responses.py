@@ -27,17 +27,12 @@ FLAGS = flags.FLAGS
 
 def run():
     from keras_resnet.training import analysis
-    from keras_resnet.training.saved_run import atomic_write_bytes
 
     analysis.check_output(FLAGS.output)
     analysis.check_trained_runs(FLAGS.model_dir)
     responses = [analysis.run_responses(d, FLAGS.batch_size, FLAGS.max_images) for d in FLAGS.model_dir]
-    analysis.save_figure(analysis.plot_responses(responses, FLAGS.title, FLAGS.log_scale), FLAGS.output)
-    table = analysis.responses_table(responses)
-    print(table)
-    if FLAGS.table:
-        atomic_write_bytes(FLAGS.table, table.encode())
-    print(f"wrote {FLAGS.output}" + (f" and {FLAGS.table}" if FLAGS.table else ""))
+    figure = analysis.plot_responses(responses, FLAGS.title, FLAGS.log_scale)
+    analysis.save_figure_and_table(figure, FLAGS.output, analysis.responses_table(responses), FLAGS.table)
 
 
 if __name__ == "__main__":

@@ -451,3 +451,15 @@ def save_figure(figure, path):
     figure.savefig(buffer, format=check_output(path))
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def save_figure_and_table(figure, path, table, table_path=None):
+    """What the figure scripts end with: the figure written to `path`, the markdown `table`
+    printed and, with `table_path`, written there too (both atomically)."""
+    from keras_resnet.training.saved_run import atomic_write_bytes
+
+    save_figure(figure, path)
+    print(table)
+    if table_path:
+        atomic_write_bytes(table_path, table.encode())
+    print(f"wrote {path}" + (f" and {table_path}" if table_path else ""))
