@@ -85,6 +85,9 @@ def test_run_dir_holds_checkpoints_metrics_summaries_and_curves(learned):
         assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(directory, split)))
     with open(os.path.join(directory, "curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for axes in reporting.curves_figure(directory).axes:  # the drops at 120 and 170, dotted on both panels
+        dotted = [line for line in axes.get_lines() if line.get_linestyle() == ":"]
+        assert sorted(line.get_xdata()[0] for line in dotted) == [120, 170]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 A progress bar with images/s and ETA on an interactive terminal, plain lines in logs;
 TensorBoard summaries (`<model_dir>/train`, `<model_dir>/eval`); `metrics.jsonl`, one JSON
 object per line; and `curves.png`, the training and eval error against iterations in the
-manner of the paper's Figs. 4 and 6 (thin: training, bold: eval).
+manner of the paper's Figs. 4 and 6 (thin: training, bold: eval, dotted: learning-rate drops).
 """
 
 from __future__ import annotations
@@ -185,20 +185,27 @@ class Reporter:
         return plot_curves(self.model_dir)
 
 
-def plot_curves(model_dir):
-    """Draw top-1 error (and loss) against iterations from metrics.jsonl into curves.png.
-
-    Uses matplotlib's object API (no pyplot, no global backend switch); returns None when
-    matplotlib is not installed (it is an optional extra).
-    """
+def curves_figure(model_dir):
+    """A matplotlib Figure of top-1 error and loss against iterations from metrics.jsonl, the
+    learning-rate drops dotted (as `analysis.learning_rate_drops` finds them); a series of
+    one point is drawn as a marker, so a run shorter than one log interval shows too. None
+    when there are no records or matplotlib is not installed (it is an optional extra);
+    matplotlib's object API only (no pyplot, no global backend switch)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return None
+    from keras_resnet.training import saved_run
+    from keras_resnet.training.analysis import learning_rate_drops
+
     records = read_metrics(model_dir)
     if not records:
         return None
+    try:
+        config = saved_run.read_config(model_dir)
+    except ValueError:
+        config = {}
     figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)
     error_axes, loss_axes = figure.subplots(1, 2)
@@ -206,10 +213,14 @@ def plot_curves(model_dir):
         rows = [r for r in records if r["split"] == split]
         if rows:
             steps = [r["step"] for r in rows]
-            marker = "o" if split == "eval" else None
+            marker = "o" if split == "eval" or len(rows) == 1 else None
             errors = [100 * r["top1_error"] for r in rows]
             error_axes.plot(steps, errors, linewidth=width, marker=marker, label=f"{split} top-1")
             loss_axes.plot(steps, [r["loss"] for r in rows], linewidth=width, marker=marker, label=split)
+    drops = learning_rate_drops(config, [r for r in records if r["split"] == "train"])
+    for axes in (error_axes, loss_axes):
+        for index, step in enumerate(drops):
+            axes.axvline(step, color="0.5", linestyle=":", linewidth=1.0, label="lr drop" if index == 0 else None)
     error_axes.set(xlabel="iteration", ylabel="error (%)", title="top-1 error")
     loss_axes.set(xlabel="iteration", ylabel="loss", title="loss", yscale="log")
     for axes in (error_axes, loss_axes):
@@ -217,6 +228,14 @@ def plot_curves(model_dir):
         axes.legend()
     figure.suptitle(os.path.basename(os.path.normpath(model_dir)))
     figure.tight_layout()
+    return figure
+
+
+def plot_curves(model_dir):
+    """Draw `curves_figure` into <model_dir>/curves.png; returns its path (None if not drawn)."""
+    figure = curves_figure(model_dir)
+    if figure is None:
+        return None
     path = os.path.join(model_dir, CURVES_NAME)
     figure.savefig(path)
     return path
