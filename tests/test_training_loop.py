@@ -90,6 +90,42 @@ def test_run_dir_holds_checkpoints_metrics_summaries_and_curves(learned):
         assert sorted(line.get_xdata()[0] for line in dotted) == [120, 170]
 
 
+def _curves(figure):
+    """{label: (iterations, marker)} of the curves of each panel of a curves figure."""
+    return [
+        {line.get_label(): (list(line.get_xdata()), line.get_marker()) for line in axes.get_lines()}
+        for axes in figure.axes
+    ]
+
+
+def test_a_two_class_run_shorter_than_a_log_interval(digit_folders, tmp_path, capsys):
+    """Two classes of PNG folders, 2 iterations evaluated after each, logged every 50: no
+    top-5 error printed (it is 0 with 2 classes); curves.png shows the single training
+    point as a marker."""
+    config = recipe(
+        "cifar",
+        data_dir=str(digit_folders),
+        model="resnet20",
+        model_dir=str(tmp_path / "two"),
+        image_size=32,
+        batch_size=8,
+        train_steps=2,
+        learning_rate=0.1,
+        lr_boundaries=(),
+        eval_interval=1,
+        log_interval=50,
+        checkpoint_interval=2,
+        seed=0,
+    )
+    result = loop.train(config)
+    out = capsys.readouterr().out
+    evals = [line for line in out.splitlines() if line.startswith("eval at step")]
+    assert len(evals) == 2 and all("top-1 err" in line and "top-5" not in line for line in evals), out
+    error_panel, loss_panel = _curves(reporting.curves_figure(result.model_dir))
+    assert error_panel["train top-1"] == ([2], "o") and error_panel["eval top-1"] == ([1, 2], "o")
+    assert loss_panel["train"] == ([2], "o")
+
+
 @pytest.fixture(scope="module")
 def digit_folders(tmp_path_factory):
     """Digits 0 and 1 of the digits test split as PNG files in class folders (an ImageNet layout)."""

@@ -622,6 +622,7 @@ def _train(config, strategy, inputs, model_fn, stop, run_holder, notes):
         start_step=start,
         batch_size=config.batch_size,
         log_interval=config.log_interval,
+        classes=config.classes,
         enabled=run.chief,
     )
     for note in notes + messages + reporter.notes:

@@ -86,14 +86,27 @@ def train_record(step, sums, lr, seconds, batch_size, steps):
     }
 
 
+def eval_line(step, metrics, classes=None):
+    """The printed line of an evaluation; top-5 error only where there are more than 5
+    classes (with 5 or fewer it is always 0)."""
+    top5 = f"  top-5 err {100 * metrics['top5_error']:.2f}%" if classes is None or classes > 5 else ""
+    return (
+        f"eval at step {step}: top-1 err {100 * metrics['top1_error']:.2f}%{top5}  "
+        f"loss {metrics['loss']:.4f}  ({metrics['count']} images)"
+    )
+
+
 class Reporter:
     """Collects per-step counts and reports every `log_interval` iterations.
 
     Only the chief (`enabled`) writes files; every process may print.
     """
 
-    def __init__(self, model_dir, *, total_steps, start_step, batch_size, log_interval, enabled=True, tty=None):
+    def __init__(
+        self, model_dir, *, total_steps, start_step, batch_size, log_interval, classes=None, enabled=True, tty=None
+    ):
         self.model_dir = model_dir
+        self.classes = classes
         self.total_steps = total_steps
         self.batch_size = batch_size
         self.log_interval = log_interval
@@ -156,10 +169,7 @@ class Reporter:
         """Report an evaluation (top-1/top-5 error on the eval split)."""
         record = {"step": step, "split": "eval", **metrics}
         self._write(record)
-        self.print(
-            f"eval at step {step}: top-1 err {100 * metrics['top1_error']:.2f}%  top-5 err {100 * metrics['top5_error']:.2f}%  "
-            f"loss {metrics['loss']:.4f}  ({metrics['count']} images)"
-        )
+        self.print(eval_line(step, metrics, self.classes))
 
     def _write(self, record):
         if not self.enabled:
