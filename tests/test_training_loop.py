@@ -126,6 +126,25 @@ def test_a_two_class_run_shorter_than_a_log_interval(digit_folders, tmp_path, ca
     assert loss_panel["train"] == ([2], "o")
 
 
+def test_a_huge_first_evaluation_loss_beside_a_modest_training_loss_gets_the_batch_norm_note():
+    """Numbers a plain-56 run on digits recorded (batch 64, lr 0.1, eval every 25, log every
+    15): evaluation loss 2.27e6 at iteration 25 beside training loss 27.4 at 15, then 3.45 at
+    50 once the moving statistics caught up."""
+    note = reporting.bn_statistics_hint(2273237.8666666667, 27.43056938846906, 1)
+    assert "batch-norm moving statistics" in note and "2.27e+06" in note and "settles" in note
+    assert reporting.bn_statistics_hint(3.449019114176432, 73.84459385871887, 2) is None
+
+
+@pytest.mark.parametrize(
+    "eval_loss, train_loss, evaluation_number",
+    [(2e5, float("nan"), 1), (2e5, 500.0, 1), (2e5, 2.3, reporting.EARLY_EVALUATIONS + 1), (900.0, 2.3, 1)],
+)
+def test_no_batch_norm_hint_for_a_diverged_run_a_late_evaluation_or_a_moderate_loss(
+    eval_loss, train_loss, evaluation_number
+):
+    assert reporting.bn_statistics_hint(eval_loss, train_loss, evaluation_number) is None
+
+
 @pytest.fixture(scope="module")
 def digit_folders(tmp_path_factory):
     """Digits 0 and 1 of the digits test split as PNG files in class folders (an ImageNet layout)."""

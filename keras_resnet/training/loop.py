@@ -512,7 +512,7 @@ def _iterate(run, reporter, train_loop, eval_step, stop):
             result = evaluate(eval_step, run.eval_dataset, eval_stop)
             if result is not None:
                 eval_metrics = result
-                reporter.eval(step, eval_metrics)
+                reporter.eval(step, eval_metrics, train_loss=metrics["loss"])
                 if run.schedule.observe_eval_error(eval_metrics["top1_error"]):
                     reporter.print(f"eval error plateaued: learning rate divided by {1 / config.lr_decay:g}")
     return step, metrics, eval_metrics, False
@@ -655,7 +655,7 @@ def _train(config, strategy, inputs, model_fn, stop, run_holder, notes):
         if not preempted:
             if run.eval_dataset is not None:
                 eval_metrics = evaluate(eval_step, run.eval_dataset)
-                reporter.eval(step, eval_metrics)
+                reporter.eval(step, eval_metrics, train_loss=metrics.get("loss"))
     if _skipped_records(inputs):
         reporter.print(f"skipped {_skipped_records(inputs)} unreadable records (each named on stderr)")
     curves = reporter.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -22,6 +23,12 @@ from tensorflow.core.framework import summary_pb2
 SCALAR_METADATA = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
+# An evaluation loss above HUGE_EVAL_LOSS in one of the first EARLY_EVALUATIONS, while the
+# training loss is finite and at most MODEST_TRAIN_LOSS, is the batch-norm moving statistics
+# lagging the weights early at a high learning rate, not a broken run.
+HUGE_EVAL_LOSS = 1e3
+MODEST_TRAIN_LOSS = 100.0
+EARLY_EVALUATIONS = 3
 
 
 def parse_metrics(path):
@@ -96,6 +103,20 @@ def eval_line(step, metrics, classes=None):
     )
 
 
+def bn_statistics_hint(eval_loss, train_loss, evaluation_number):
+    """A line explaining a huge early evaluation loss beside a modest training loss (the
+    batch-norm moving statistics that evaluation uses have not caught up yet), else None."""
+    early = evaluation_number <= EARLY_EVALUATIONS
+    modest = train_loss is not None and math.isfinite(train_loss) and train_loss <= MODEST_TRAIN_LOSS
+    if not (early and modest and eval_loss > HUGE_EVAL_LOSS):
+        return None
+    return (
+        f"note: evaluation loss {eval_loss:.3g} beside training loss {train_loss:.3g}: evaluation uses the "
+        "batch-norm moving statistics, which lag the weights early in training at a high learning rate; "
+        "this settles as training goes on"
+    )
+
+
 class Reporter:
     """Collects per-step counts and reports every `log_interval` iterations.
 
@@ -107,6 +128,8 @@ class Reporter:
     ):
         self.model_dir = model_dir
         self.classes = classes
+        self._evaluations = 0
+        self._bn_hint_shown = False
         self.total_steps = total_steps
         self.batch_size = batch_size
         self.log_interval = log_interval
@@ -165,11 +188,17 @@ class Reporter:
                 f"lr {lr:.4g}  {record['images_per_sec']:.0f} img/s  ETA {format_duration(eta)}"
             )
 
-    def eval(self, step, metrics):
-        """Report an evaluation (top-1/top-5 error on the eval split)."""
+    def eval(self, step, metrics, train_loss=None):
+        """Report an evaluation (top-1/top-5 error on the eval split); `train_loss`, the latest
+        training loss, lets a huge early evaluation loss be explained once."""
         record = {"step": step, "split": "eval", **metrics}
         self._write(record)
         self.print(eval_line(step, metrics, self.classes))
+        self._evaluations += 1
+        hint = bn_statistics_hint(metrics["loss"], train_loss, self._evaluations)
+        if hint and not self._bn_hint_shown:
+            self._bn_hint_shown = True
+            self.print(hint)
 
     def _write(self, record):
         if not self.enabled:
