@@ -52,17 +52,7 @@ def family(path):
 def check_output(path, overwrite):
     """Refuse, before any model is loaded, a target that is not a .tflite path in a writable
     directory, or whose files exist without overwrite."""
-    if not str(path).endswith(SUFFIX):
-        raise ValueError(f"output path {path!r} must end in {SUFFIX}")
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"{directory!r} is a file, not a directory")
-    staging.check_writable(directory, "--output")
-    for target in family(path).values():
-        if os.path.isdir(target):
-            raise ValueError(f"{target!r} is a directory")
-        if os.path.exists(target) and not overwrite:
-            raise ValueError(f"{target!r} exists: pass overwrite=True (--overwrite) to replace it")
+    staging.check_targets(path, SUFFIX, lambda path: family(path).values(), overwrite)
 
 
 def _float_signature_dir(graph, directory):

@@ -75,17 +75,7 @@ def check_output(path, overwrite, fp16=False, int8=False):
     """Refuse, before any model is loaded, a target that is not a .onnx path in a writable
     directory, or whose files (the fp16/int8 copies of an earlier export included) exist
     without overwrite."""
-    if not str(path).endswith(".onnx"):
-        raise ValueError(f"output path {path!r} must end in .onnx")
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"{directory!r} is a file, not a directory")
-    staging.check_writable(directory, "--output")
-    for target in family(path).values():
-        if os.path.isdir(target):
-            raise ValueError(f"{target!r} is a directory")
-        if os.path.exists(target) and not overwrite:
-            raise ValueError(f"{target!r} exists: pass overwrite=True (--overwrite) to replace it")
+    staging.check_targets(path, ".onnx", lambda path: family(path).values(), overwrite)
 
 
 def _name_batch_axes(model_proto):

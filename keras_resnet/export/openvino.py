@@ -56,21 +56,15 @@ def family(path):
     return {tag: variant_path(path, tag) for tag in ("fp32", *VARIANTS)}
 
 
+def _files(path):
+    """Every file an export to `path` may write: each IR's .xml and its .bin."""
+    return [file for xml in family(path).values() for file in (xml, weights_path(xml))]
+
+
 def check_output(path, overwrite):
     """Refuse, before any model is loaded, a target that is not a .xml path in a writable
     directory, or whose files exist without overwrite."""
-    if not str(path).endswith(SUFFIX):
-        raise ValueError(f"output path {path!r} must end in {SUFFIX} (the IR's .bin goes beside it)")
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"{directory!r} is a file, not a directory")
-    staging.check_writable(directory, "--output")
-    for xml in family(path).values():
-        for target in (xml, weights_path(xml)):
-            if os.path.isdir(target):
-                raise ValueError(f"{target!r} is a directory")
-            if os.path.exists(target) and not overwrite:
-                raise ValueError(f"{target!r} exists: pass overwrite=True (--overwrite) to replace it")
+    staging.check_targets(path, SUFFIX, _files, overwrite, " (the IR's .bin goes beside it)")
 
 
 def convert(graph):

@@ -46,6 +46,23 @@ def check_writable(path, flag):
     os.unlink(probe)
 
 
+def check_targets(path, suffix, targets, overwrite, note=""):
+    """Refuse, before any model is loaded, an output `path` not ending in `suffix` (`note` says
+    why it must) or not in a writable directory, or any of `targets(path)` (every file an
+    export to it may write) that is a directory or exists without overwrite."""
+    if not str(path).endswith(suffix):
+        raise ValueError(f"output path {path!r} must end in {suffix}{note}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{directory!r} is a file, not a directory")
+    check_writable(directory, "--output")
+    for target in targets(path):
+        if os.path.isdir(target):
+            raise ValueError(f"{target!r} is a directory")
+        if os.path.exists(target) and not overwrite:
+            raise ValueError(f"{target!r} exists: pass overwrite=True (--overwrite) to replace it")
+
+
 def _lock_path(target):
     return os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.lock")
 
