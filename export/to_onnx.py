@@ -44,18 +44,11 @@ FLAGS = flags.FLAGS
 
 def _real_images(source):
     """(calibration images, eval images, eval labels) from the model's data set, or Nones."""
-    from keras_resnet.export.calibration import dataset_images
+    from keras_resnet.export.calibration import source_images
 
-    if not (FLAGS.int8 or FLAGS.fp16):
-        return None, None, None
-    if source.dataset is None:
-        if FLAGS.int8:
-            raise ValueError("--int8 needs real calibration images: pass --dataset (a run dir names its own)")
-        return None, None, None
-    kwargs = {"data_dir": source.data_dir, "image_size": source.image_size[0]}
-    calibration_images, _ = dataset_images(source.dataset, "train", FLAGS.calibration_count, **kwargs)
-    eval_images, eval_labels = dataset_images(source.dataset, "test", FLAGS.eval_count, **kwargs)
-    return calibration_images, eval_images, eval_labels
+    if FLAGS.int8 or (FLAGS.fp16 and source.dataset is not None):
+        return source_images(source, FLAGS.calibration_count, FLAGS.eval_count)
+    return None, None, None
 
 
 def main(argv):

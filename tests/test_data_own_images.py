@@ -253,6 +253,26 @@ def test_export_with_default_flags_serves_a_class_name_for_a_held_out_image(trai
     assert names[0] == NAMES[int(np.argmax(expected))]
 
 
+def test_int8_export_calibrates_on_kept_images_and_measures_on_held_out_ones(trained, own_dir, tmp_path):
+    """A run on train/ alone with --val_split: int8 is calibrated on the images it trained on
+    (none held out) and its accuracy measured on the held-out images (there is no test/)."""
+    from keras_resnet.export import calibration, sources
+    from keras_resnet.export.run import export_run
+
+    source = sources.from_run_dir(trained.model_dir)
+    kept, held = (data.folder_split(own_dir, split, 0.25).paths for split in ("train", "validation"))
+    calibration_images, eval_images, eval_labels = calibration.source_images(source, 1000, 1000)
+    readable = lambda paths: sum(not p.endswith(("header_only.png", "truncated.png")) for p in paths)  # noqa: E731
+    assert len(eval_images) == len(eval_labels) == readable(held) == 18
+    assert len(calibration_images) == readable(kept) == 3 * 24 - 18
+    flat_eval = eval_images.reshape(len(eval_images), -1)
+    assert not any((flat_eval == image.ravel()).all(axis=1).any() for image in calibration_images)
+    lines = []
+    result = export_run(trained.model_dir, str(tmp_path / "export"), fp16=False, log=lines.append)
+    assert os.path.isfile(result.onnx.int8_path), lines
+    assert result.onnx.int8_report["images"] == 18
+
+
 # ---------------------------------------------------------------- data nobody can read
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def dataset_images(name, split, count, *, data_dir=None, image_size=None, batch_size=100):
+def dataset_images(name, split, count, *, data_dir=None, image_size=None, val_split=0.0, batch_size=100):
     """(float32 [n, H, W, 3] in 0..255, int32 [n]): the first `count` examples of `split` in
-    the data layer's deterministic order (n < count when the split is smaller)."""
+    the data layer's deterministic order (n < count when the split is smaller); with
+    `val_split`, "train" is the part kept for training and "validation" the part held out."""
     from keras_resnet import data
 
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
@@ -25,6 +26,7 @@ def dataset_images(name, split, count, *, data_dir=None, image_size=None, batch_
         preprocess_mode="pixel_mean",
         mean=np.zeros(3, dtype="float32"),
         image_size=image_size,
+        val_split=val_split,
     )
     images, labels, seen = [], [], 0
     for batch_images, batch_labels in input_fn(None):
@@ -38,12 +40,36 @@ def dataset_images(name, split, count, *, data_dir=None, image_size=None, batch_
     return np.concatenate(images)[:count], np.concatenate(labels)[:count]
 
 
-def source_images(source, calibration_count, eval_count):
-    """(calibration images, test images, test labels) of the data set `source` was trained on,
-    for reduced-precision copies; a ValueError when the source names no data set."""
+def eval_split(source):
+    """The split accuracy is measured on: test where the data set has one, else the split
+    its training evaluated (the part held out with --val_split, or validation); None for
+    class folders with neither (the copies are then compared on the calibration images)."""
+    from keras_resnet import data
+    from keras_resnet.training.inputs import eval_split as training_eval_split
+
+    info = data.dataset_info(source.dataset, source.data_dir, val_split=source.val_split)
+    return "test" if "test" in info.num_examples else training_eval_split(source.val_split, info)
+
+
+def _data_kwargs(source):
+    return {"data_dir": source.data_dir, "image_size": source.image_size[0], "val_split": source.val_split}
+
+
+def calibration_images(source, count):
+    """Up to `count` training images of the data set `source` was trained on (never the
+    part its run held out); a ValueError when the source names no data set."""
     if source.dataset is None:
         raise ValueError("int8 needs real calibration images: pass --dataset (a run dir names its own)")
-    kwargs = {"data_dir": source.data_dir, "image_size": source.image_size[0]}
-    calibration_images, _ = dataset_images(source.dataset, "train", calibration_count, **kwargs)
-    eval_images, eval_labels = dataset_images(source.dataset, "test", eval_count, **kwargs)
-    return calibration_images, eval_images, eval_labels
+    return dataset_images(source.dataset, "train", count, **_data_kwargs(source))[0]
+
+
+def eval_images(source, count):
+    """(images, labels): up to `count` images of `eval_split(source)`; (None, None) without one."""
+    split = eval_split(source)
+    return (None, None) if split is None else dataset_images(source.dataset, split, count, **_data_kwargs(source))
+
+
+def source_images(source, calibration_count, eval_count):
+    """(calibration images, evaluation images, their labels) of the data set `source` was
+    trained on, for reduced-precision copies; a ValueError when the source names no data set."""
+    return calibration_images(source, calibration_count), *eval_images(source, eval_count)

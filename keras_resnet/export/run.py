@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from keras_resnet import evaluation
 from keras_resnet.export import calibration, onnx, saved_model, sources, tf_serving, verify
 
 EVAL_COUNT = 1000
@@ -33,8 +34,9 @@ def export_run(
 ):
     """Export the newest checkpoint of `model_dir` under `output_dir` (default
     `<model_dir>/export`): `saved_model/<name>/<version>/` + `saved_model/models.config` for
-    TF Serving, and `onnx/<name>.onnx` (+ `.int8.onnx` calibrated on the run's training data,
-    with test accuracy against float32). Every artifact is verified against the same float64
+    TF Serving, and `onnx/<name>.onnx` (+ `.int8.onnx` calibrated on the run's training images,
+    never those it held out, with accuracy against float32 on the test split, else the run's
+    evaluation split). Every artifact is verified against the same float64
     evaluation of the network before it appears."""
     source = sources.from_run_dir(model_dir, name=model_name)
     output_dir = output_dir or os.path.join(model_dir, "export")
@@ -42,15 +44,15 @@ def export_run(
     onnx_path = os.path.join(output_dir, "onnx", f"{source.name}.onnx")
     saved_model.check_target(base_path, source.name, version, overwrite=False)
     onnx.check_opset(opset)
-    data_kwargs = {"data_dir": source.data_dir, "image_size": source.image_size[0]}
     calibration_images = eval_images = eval_labels = None
     if int8 and source.dataset is None:
         log(f"no data set named in {model_dir}/config.json: skipping int8 (it needs real calibration images)")
         int8 = False
+    if source.dataset is not None and (int8 or fp16):
+        evaluation.run_data(model_dir)  # the files the run held out are still those it listed
+        eval_images, eval_labels = calibration.eval_images(source, eval_count)
     if int8:
-        calibration_images, _ = calibration.dataset_images(source.dataset, "train", calibration_count, **data_kwargs)
-    if (int8 or fp16) and source.dataset is not None:
-        eval_images, eval_labels = calibration.dataset_images(source.dataset, "test", eval_count, **data_kwargs)
+        calibration_images = calibration.calibration_images(source, calibration_count)
     reference = verify.Reference(source)
     exported_saved_model = saved_model.export_saved_model(
         source, base_path, version=version, reference=reference, log=log

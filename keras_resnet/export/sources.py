@@ -28,6 +28,7 @@ class ModelSource:
 
     `record` is the network's `keras_resnet.record.Record` with the preprocessing and class
     names served (what the exports carry as metadata); sources built by hand may omit it.
+    `val_split` is the part of the training images a run held out: calibration never reads it.
     """
 
     model: object
@@ -38,6 +39,7 @@ class ModelSource:
     dataset: str | None = None
     data_dir: str | None = None
     record: Record | None = None
+    val_split: float = 0.0
 
     @property
     def image_size(self):
@@ -144,7 +146,7 @@ def _fixed_size(record):
     return (record.eval_crop, record.eval_crop, 3)
 
 
-def _from_loaded(loaded, *, class_names, name, dataset, data_dir, where):
+def _from_loaded(loaded, *, class_names, name, dataset, data_dir, where, val_split=0.0):
     return _check(
         ModelSource(
             model=loaded.model,
@@ -155,6 +157,7 @@ def _from_loaded(loaded, *, class_names, name, dataset, data_dir, where):
             dataset=dataset,
             data_dir=data_dir,
             record=loaded.record,
+            val_split=val_split,
         )
     )
 
@@ -172,6 +175,7 @@ def from_run_dir(model_dir, *, preprocess_mode=None, class_names=None, name=None
         name=name or os.path.basename(os.path.normpath(os.path.abspath(model_dir))),
         dataset=config.get("dataset"),
         data_dir=config.get("data_dir"),
+        val_split=config.get("val_split") or 0.0,
         where=f"the run {model_dir!r}",
     )
 
