@@ -39,14 +39,9 @@ class LiteRTExport:
     accuracy: dict | None = None
 
 
-def variant_path(path, tag):
-    """`model.tflite` -> `model.int8.tflite`: where the `tag` copy of `path` goes."""
-    return path if tag == "fp32" else f"{path[: -len(SUFFIX)]}.{tag}{SUFFIX}"
-
-
 def family(path):
     """{tag: path} of every file an export to `path` may write."""
-    return {tag: variant_path(path, tag) for tag in ("fp32", *VARIANTS)}
+    return staging.family(path, SUFFIX, VARIANTS)
 
 
 def check_output(path, overwrite):
@@ -151,7 +146,7 @@ def export_litert(
         check_output(output_path, overwrite)
         with staging.discarded_on_failure({}) as staged:
             for tag, data in convert(graph, tags, calibration_images).items():
-                staged[tag] = staging.staging_file(variant_path(output_path, tag))
+                staged[tag] = staging.staging_file(family(output_path)[tag])
                 with open(staged[tag], "wb") as f:
                     f.write(data)
             differences = verify_litert(

@@ -61,14 +61,9 @@ def check_opset(opset):
     return opset
 
 
-def variant_path(path, tag):
-    """`model.onnx` -> `model.int8.onnx`: where the fp16 / int8 copy of `path` goes."""
-    return f"{path[: -len('.onnx')]}.{tag}.onnx"
-
-
 def family(path):
     """{tag: path} of the files an export to `path` may write: fp32 and its fp16/int8 copies."""
-    return {"fp32": path, **{tag: variant_path(path, tag) for tag in VARIANTS}}
+    return staging.family(path, ".onnx", VARIANTS)
 
 
 def check_output(path, overwrite, fp16=False, int8=False):

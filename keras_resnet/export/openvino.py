@@ -41,11 +41,6 @@ class OpenVINOExport:
     accuracy: dict | None = None
 
 
-def variant_path(path, tag):
-    """`model.xml` -> `model.int8.xml`: where the `tag` copy of `path` goes."""
-    return path if tag == "fp32" else f"{path[: -len(SUFFIX)]}.{tag}{SUFFIX}"
-
-
 def weights_path(xml_path):
     """The .bin file OpenVINO reads beside `xml_path`."""
     return f"{xml_path[: -len(SUFFIX)]}.bin"
@@ -53,7 +48,7 @@ def weights_path(xml_path):
 
 def family(path):
     """{tag: .xml path} of every IR an export to `path` may write."""
-    return {tag: variant_path(path, tag) for tag in ("fp32", *VARIANTS)}
+    return staging.family(path, SUFFIX, VARIANTS)
 
 
 def _files(path):
@@ -130,7 +125,7 @@ def _stage(graph, tags, staged_dir, output_path, calibration_images):
     model = convert(graph)
     staged = {}
     for tag in tags:
-        staged[tag] = os.path.join(staged_dir, os.path.basename(variant_path(output_path, tag)))
+        staged[tag] = os.path.join(staged_dir, os.path.basename(family(output_path)[tag]))
         ir = model if tag == "fp32" else quantize(model, calibration_images)
         openvino.save_model(ir, staged[tag], compress_to_fp16=False)
     return staged

@@ -46,6 +46,12 @@ def check_writable(path, flag):
     os.unlink(probe)
 
 
+def family(path, suffix, variants):
+    """{tag: path} of the files an export to `path` may write: "fp32" at `path`, each of
+    `variants` beside it (`model.onnx` -> `model.int8.onnx`)."""
+    return {"fp32": path, **{tag: f"{path[: -len(suffix)]}.{tag}{suffix}" for tag in variants}}
+
+
 def check_targets(path, suffix, targets, overwrite, note=""):
     """Refuse, before any model is loaded, an output `path` not ending in `suffix` (`note` says
     why it must) or not in a writable directory, or any of `targets(path)` (every file an
