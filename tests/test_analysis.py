@@ -11,7 +11,7 @@ import pytest
 
 import keras_resnet
 from keras_resnet.testing import sample_photos, with_trained_statistics
-from keras_resnet.training import analysis
+from keras_resnet.training import analysis, reporting
 
 pytest.importorskip("matplotlib", reason="the figures need matplotlib (the [dev] extra)")
 
@@ -127,11 +127,11 @@ def test_error_curves_from_runs(runs):
 
 def test_drops_of_a_plateau_schedule_come_from_the_logged_rates():
     records = [{"step": s, "lr": lr} for s, lr in ((100, 0.01), (200, 0.1), (300, 0.1), (400, 0.01), (500, 0.001))]
-    assert analysis.learning_rate_drops({"lr_schedule": "plateau"}, records) == (
+    assert reporting.learning_rate_drops({"lr_schedule": "plateau"}, records) == (
         300,
         400,
     )  # the warm-up's rise is not one
-    assert analysis.learning_rate_drops({"lr_schedule": "steps", "lr_boundaries": [300, 450, 600]}, records) == (
+    assert reporting.learning_rate_drops({"lr_schedule": "steps", "lr_boundaries": [300, 450, 600]}, records) == (
         300,
         450,
     )

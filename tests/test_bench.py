@@ -46,6 +46,9 @@ GPU_KERAS_ROWS = (
 )
 GPU_TORCH_ROWS = ("torchvision_train", "torchvision_inference")
 
+# Every bench script run with --quick: minutes of CPU, so in the slow step.
+pytestmark = pytest.mark.slow
+
 
 def _no_tensorflow_dir(tmp_path_factory):
     """A directory whose `tensorflow` package raises ImportError, to put first on PYTHONPATH."""

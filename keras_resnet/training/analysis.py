@@ -63,23 +63,10 @@ def _by_step(records, split):
     return {r["step"]: r for r in records if r["split"] == split}
 
 
-def learning_rate_drops(config, train_records):
-    """Iterations after which the learning rate was divided: the steps schedule's boundaries
-    (exact, from config.json) up to the last logged iteration; for the data-driven schedules
-    (plateau), the last logged iteration before a lower rate is logged (early by less than
-    log_interval). A warm-up's rise is not a drop."""
-    last = train_records[-1]["step"] if train_records else 0
-    if config.get("lr_schedule") == "steps":
-        return tuple(b for b in config.get("lr_boundaries") or () if b <= last)
-    return tuple(
-        before["step"] for before, after in zip(train_records, train_records[1:]) if after["lr"] < before["lr"]
-    )
-
-
 def read_run(model_dir):
     """The curves of one run dir, a ValueError if it is not a run or has no metrics yet."""
     from keras_resnet.training import saved_run
-    from keras_resnet.training.reporting import METRICS_NAME, read_metrics
+    from keras_resnet.training.reporting import METRICS_NAME, learning_rate_drops, read_metrics
 
     architecture = _architecture(model_dir)
     records = read_metrics(model_dir)

@@ -224,9 +224,22 @@ class Reporter:
         return plot_curves(self.model_dir)
 
 
+def learning_rate_drops(config, train_records):
+    """Iterations after which the learning rate was divided: the steps schedule's boundaries
+    (exact, from config.json) up to the last logged iteration; for the data-driven schedules
+    (plateau), the last logged iteration before a lower rate is logged (early by less than
+    log_interval). A warm-up's rise is not a drop."""
+    last = train_records[-1]["step"] if train_records else 0
+    if config.get("lr_schedule") == "steps":
+        return tuple(b for b in config.get("lr_boundaries") or () if b <= last)
+    return tuple(
+        before["step"] for before, after in zip(train_records, train_records[1:]) if after["lr"] < before["lr"]
+    )
+
+
 def curves_figure(model_dir):
     """A matplotlib Figure of top-1 error and loss against iterations from metrics.jsonl, the
-    learning-rate drops dotted (as `analysis.learning_rate_drops` finds them); a series of
+    learning-rate drops dotted (as `learning_rate_drops` finds them); a series of
     one point is drawn as a marker, so a run shorter than one log interval shows too. None
     when there are no records or matplotlib is not installed (it is an optional extra);
     matplotlib's object API only (no pyplot, no global backend switch)."""
@@ -236,7 +249,6 @@ def curves_figure(model_dir):
     except ImportError:
         return None
     from keras_resnet.training import saved_run
-    from keras_resnet.training.analysis import learning_rate_drops
 
     records = read_metrics(model_dir)
     if not records:
