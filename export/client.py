@@ -1,45 +1,6 @@
-"""Send images to a TF Serving model exported by export/to_saved_model.py; print the top classes.
+"""The command `keras-resnet-client`: its usage (--help), flags and run are keras_resnet/scripts/client.py."""
 
-    python export/client.py --server localhost:8500 --model_name resnet20 cat.jpg dog.png
-    python export/client.py --rest_url http://localhost:8501 --model_name resnet20 cat.jpg
-    python export/client.py --server localhost:8500 --model_name resnet20 --version_label stable cat.jpg
-
-The encoded files go to the `serve_image_bytes` signature (gRPC PredictRequest, or REST
-{"instances": [{"b64": ...}]}); the server decodes, resizes and centre-crops them.
-"""
-
-import sys
-
-from absl import app, flags
-
-flags.DEFINE_string("server", None, "TF Serving gRPC address host:port (the container's 8500).")
-flags.DEFINE_string("rest_url", None, "TF Serving REST base URL, e.g. http://localhost:8501 (instead of --server).")
-flags.DEFINE_string("model_name", None, "The served model's name (its directory under the base path).", required=True)
-flags.DEFINE_integer("version", None, "A specific version (default: the newest TF Serving loaded).")
-flags.DEFINE_string("version_label", None, "The version models.config labels so (e.g. stable; instead of --version).")
-flags.DEFINE_float("timeout", 30.0, "Seconds to wait for the answer.")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    paths = argv[1:]
-    if bool(FLAGS.server) == bool(FLAGS.rest_url):
-        raise app.UsageError("give exactly one of --server (gRPC) and --rest_url (REST)")
-    import grpc
-
-    from keras_resnet.export import client
-
-    try:
-        images = client.read_images(paths)
-        which = {"version": FLAGS.version, "version_label": FLAGS.version_label, "timeout": FLAGS.timeout}
-        if FLAGS.server:
-            predictions = client.predict_grpc(FLAGS.server, FLAGS.model_name, images, **which)
-        else:
-            predictions = client.predict_rest(FLAGS.rest_url, FLAGS.model_name, images, **which)
-    except (ValueError, OSError, grpc.RpcError) as error:
-        sys.exit(f"error: {error}")
-    print(client.format_predictions(paths, predictions))
-
+from keras_resnet.scripts.client import main
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -1,37 +1,6 @@
-"""Export a model to OpenVINO IR (.xml + .bin), verified in OpenVINO's CPU runtime before it appears.
+"""The command `keras-resnet-export-openvino`: its usage (--help), flags and run are keras_resnet/scripts/to_openvino.py."""
 
-    python export/to_openvino.py --model_dir runs/demo --output runs/demo/export/openvino/resnet20.xml --int8
-    python export/to_openvino.py --model resnet50 --weights r50.weights.h5 --output r50.xml
-
-The IR takes float RGB 0..255 `images` [batch, H, W, 3] (dynamic batch) with the
-preprocessing inside, and returns `logits`, `probabilities`, `top_k_classes`, `top_k_scores`,
-float32 weights. Compile it with {"INFERENCE_PRECISION_HINT": "f32"} for float32 answers:
-OpenVINO's CPU plugin otherwise computes in bfloat16 on CPUs that have it (the printout says
-how far that lands). --int8 also writes <output>.int8.xml/.bin (NNCF post-training
-quantization, calibrated on real training images) and prints its error against a float64
-evaluation of the network and its test accuracy beside float32's. Exits non-zero, leaving no
-file at the target, when an input is bad, another export to the same output runs, or a check fails.
-"""
-
-from absl import app, flags
-
-from keras_resnet.export import cli
-
-cli.define_source_flags()
-cli.define_variant_flags(
-    output_help="The .xml file to write (its .bin and the int8 copy go beside it).",
-    int8_help="Also write an NNCF int8 copy calibrated on --calibration_count training images of --dataset.",
-    eval_help="Test images on which int8 is compared with float32 (accuracy and top-1 agreement).",
-    overwrite_help="Replace existing output files (and remove an earlier int8 copy not rewritten).",
-)
-flags.adopt_module_key_flags(cli)
-
-
-def main(argv):
-    from keras_resnet.export.openvino import check_output, export_openvino
-
-    cli.export_from_flags(argv, check_output, export_openvino)
-
+from keras_resnet.scripts.to_openvino import main
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
