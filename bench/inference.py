@@ -1,7 +1,7 @@
 """Inference images/s of keras_resnet beside keras.applications and the exported artifacts.
 
 All rows run the same net on the same batch in one process, interleaved (A B A B) after
-warm-up; each reports images/s at the median call, p50/p99 latency, achieved GFLOP/s (2 x
+warm-up, each timed call after an untimed one of its own; each reports images/s at the median call, p50/p99 latency, achieved GFLOP/s (2 x
 multiply-adds of `keras_resnet.count_flops`) as a fraction of the fp32 matmul rate measured
 in the same process, and its ratio to keras.applications under tf.function.
 
@@ -64,6 +64,9 @@ ROWS = (
 )
 EXPORTED = ROWS[4:]
 REFERENCE = "keras_applications_tf_function"
+# An untimed call before each timed one: a runtime's first call after another's finds its memory
+# cold (ResNet-50 at batch 1: TensorFlow +10 ms, onnxruntime +6 ms), which a server never meets.
+REWARM = 1
 QUICK = {
     "model": "resnet20",
     "batch_size": 4,
@@ -97,6 +100,13 @@ flags.DEFINE_integer(
     "Threads the SavedModel's session runs independent ops on: TF Serving's "
     "--tensorflow_inter_op_parallelism, which the README advises setting to 1 on small CPUs; "
     "0 is TensorFlow's default (one per core).",
+)
+flags.DEFINE_integer(
+    "intra_op_threads",
+    0,
+    "Threads the SavedModel's session and the onnxruntime sessions split each operator over "
+    "(TF Serving's --tensorflow_intra_op_parallelism, onnxruntime's intra_op_num_threads); "
+    "0 is each runtime's default (one per core). 1 compares the kernels without their threading.",
 )
 
 
@@ -143,10 +153,11 @@ def keras_binders(prefix, model, mode):
     return {f"{prefix}_tf_function": tf_function, f"{prefix}_predict": predict}
 
 
-def saved_model_binder(source, directory, inter_op_threads, reference):
+def saved_model_binder(source, directory, threads, reference):
     """serving_default of the exporter's SavedModel (folded, frozen, preprocessing inside) in a
     TensorFlow 1 session, as TF Serving runs it: Grappler and the oneDNN rewrites at load, then
-    `Session.run`, with its own pool of `inter_op_threads` (0: TensorFlow's default).
+    `Session.run`, with its own pool of `threads["inter_op"]` and `threads["intra_op"]` threads
+    (0: TensorFlow's default).
 
     crop_fraction=1.0 only changes the bytes signature, which is not timed here."""
     import tensorflow as tf
@@ -157,9 +168,9 @@ def saved_model_binder(source, directory, inter_op_threads, reference):
     exported = export_saved_model(
         source, os.path.join(directory, "saved_model"), crop_fraction=1.0, reference=reference
     )
-    config = tf.compat.v1.ConfigProto()
-    if inter_op_threads:
-        config.session_inter_op_thread_pool.add().num_threads = inter_op_threads
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads["intra_op"])
+    if threads["inter_op"]:
+        config.session_inter_op_thread_pool.add().num_threads = threads["inter_op"]
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
     with graph.as_default():
@@ -182,7 +193,7 @@ def directory_size(path):
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
-def onnx_binder(source, directory, calibration, name, reference):
+def onnx_binder(source, directory, calibration, name, reference, intra_op_threads):
     """One onnxruntime CPU session of the exporter's file for row `name`: one export_onnx call
     per row, so a copy this onnxruntime cannot build or run (fp16 lacks kernels in some
     builds) skips only its own row."""
@@ -201,7 +212,7 @@ def onnx_binder(source, directory, calibration, name, reference):
         reference=reference,
     )
     path = {"fp32": result.path, "fp16": result.fp16_path, "int8": result.int8_path}[precision]
-    session = onnx_session(path)
+    session = onnx_session(path, intra_op_threads)
     feed_name = session.get_inputs()[0].name
     return binder(lambda images: session.run(None, {feed_name: images})), directory_size(path)
 
@@ -255,7 +266,7 @@ def _reason(error):
     return f"export failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
 
 
-def exported_binders(source, directory, calibration, wanted, inter_op_threads):
+def exported_binders(source, directory, calibration, wanted, threads):
     """({row: bind(images) -> call}, {row: file bytes}, skipped) of the exported rows in
     `wanted`; a row whose export fails is skipped with the reason, so one broken path does not
     hide the others. All exports share one float64 reference."""
@@ -268,9 +279,11 @@ def exported_binders(source, directory, calibration, wanted, inter_op_threads):
             continue
         try:
             if name == "saved_model":
-                binders[name], sizes[name] = saved_model_binder(source, directory, inter_op_threads, reference)
+                binders[name], sizes[name] = saved_model_binder(source, directory, threads, reference)
             else:
-                binders[name], sizes[name] = onnx_binder(source, directory, calibration, name, reference)
+                binders[name], sizes[name] = onnx_binder(
+                    source, directory, calibration, name, reference, threads["intra_op"]
+                )
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
             skipped[name] = _reason(error)
     for runtime, make in (("litert", litert_binders), ("openvino", openvino_binders)):
@@ -289,7 +302,7 @@ def exported_binders(source, directory, calibration, wanted, inter_op_threads):
 def timed_rows(binders, images, run, flops, peak):
     """The rows of every binder's call on `images`, interleaved, with ratios to REFERENCE."""
     calls = {name: bind(images) for name, bind in binders.items()}
-    seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"])
+    seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"], rewarm=REWARM)
     rows = [
         timing.row(name, seconds[name], batch_size=len(images), flops_per_image=flops[name], peak_gflops=peak)
         for name in calls
@@ -306,10 +319,13 @@ def main(argv):
     timing.require_positive(run, ("batch_size", "iterations", "matmul_size", "calibration_images"))
     if not 0 <= FLAGS.latency_batch_size <= run["batch_size"]:
         raise app.UsageError(f"--latency_batch_size={FLAGS.latency_batch_size} must be in 0..--batch_size")
-    if FLAGS.saved_model_inter_op_threads < 0:
-        raise app.UsageError(
-            f"--saved_model_inter_op_threads={FLAGS.saved_model_inter_op_threads} must be >= 0 (0: TensorFlow's default)"
-        )
+    threads = {"inter_op": FLAGS.saved_model_inter_op_threads, "intra_op": FLAGS.intra_op_threads}
+    for flag, value in (
+        ("saved_model_inter_op_threads", threads["inter_op"]),
+        ("intra_op_threads", threads["intra_op"]),
+    ):
+        if value < 0:
+            raise app.UsageError(f"--{flag}={value} must be >= 0 (0: the runtime's default)")
     import numpy as np
 
     from keras_resnet import count_flops, get_builder
@@ -339,9 +355,7 @@ def main(argv):
         )
     source = ModelSource(model=model, preprocess_mode="caffe", name=run["model"])
     with tempfile.TemporaryDirectory() as directory:
-        exported, sizes, skipped = exported_binders(
-            source, directory, calibration, wanted, FLAGS.saved_model_inter_op_threads
-        )
+        exported, sizes, skipped = exported_binders(source, directory, calibration, wanted, threads)
         binders.update(exported)
         binders = {name: binders[name] for name in ROWS if name in binders and name in wanted}
         peak = timing.matmul_gflops(run["matmul_size"])
@@ -410,6 +424,7 @@ def report(run, rows, latency_rows, skipped, peak, own_flops, size):
             warmup=run["warmup"],
             gmac_per_image=own_flops / 2e9,
             saved_model_inter_op_threads=FLAGS.saved_model_inter_op_threads,
+            intra_op_threads=FLAGS.intra_op_threads,
             peak_gflops=peak,
             skipped=skipped,
         )

@@ -55,14 +55,16 @@ def synthetic_batch(batch_size, size, classes, seed=0):
     return images, rng.integers(0, classes, size=batch_size).astype("int32")
 
 
-def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S):
+def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S, rewarm=0):
     """{name: per-call seconds} of each callable in `calls`, run in rounds A B C A B C ...
 
     Each is first called `warmup` times (tracing, compilation, caches); then every round
     runs each once, so a slow spell of a shared machine falls on all rows alike. Each timed
     call starts `settle_s` after the previous one ended, so the previous runtime's idle
     threads have stopped spinning (onnxruntime's spin on after a run and would slow the
-    next row on a machine with few cores).
+    next row on a machine with few cores). `rewarm` untimed calls of the same row come
+    before each timed one: the first call after another runtime ran finds its memory cold,
+    which a server running one model never meets.
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -70,6 +72,8 @@ def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S):
     seconds = {name: [] for name in calls}
     for _ in range(iterations):
         for name, call in calls.items():
+            for _ in range(rewarm):
+                call()
             time.sleep(settle_s)
             start = time.perf_counter()
             call()
