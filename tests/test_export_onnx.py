@@ -16,7 +16,7 @@ import pytest
 
 import keras_resnet
 from keras_resnet.export import onnx as onnx_export
-from keras_resnet.export import sources, staging, verify
+from keras_resnet.export import sources, staging, variants, verify
 from keras_resnet.preprocessing import preprocess_input
 from keras_resnet.testing import sample_photos, with_trained_statistics
 
@@ -125,8 +125,8 @@ def test_fp16_runs_and_reports_its_error(tmp_path):
     error = np.linalg.norm(logits - keras_logits(model, "tf", images)) / np.linalg.norm(
         keras_logits(model, "tf", images)
     )
-    assert 0 < error <= onnx_export.FP16_MAX_LOGITS
-    assert 0 < result.fp16_report["logits"] <= onnx_export.FP16_MAX_LOGITS
+    assert 0 < error <= variants.FP16_MAX_LOGITS
+    assert 0 < result.fp16_report["logits"] <= variants.FP16_MAX_LOGITS
     assert any("fp16 vs the float64 network on 32 photos" in line for line in lines)
 
 

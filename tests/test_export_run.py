@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import keras_resnet
 from keras_resnet.data import load_arrays
-from keras_resnet.export import export_run
+from keras_resnet.export import export_run, variants
 from keras_resnet.preprocessing import preprocess_input
 from keras_resnet.training import saved_run
 
@@ -98,14 +98,12 @@ def test_int8_accuracy_cost_is_measured_on_the_test_images(exported):
 
 def test_fp16_and_int8_stay_within_their_bounds_on_the_test_images(exported):
     """The reduced-precision copies of a trained net against its float64 evaluation."""
-    from keras_resnet.export import onnx as onnx_export
-
     fp16, int8 = exported[0].onnx.fp16_report, exported[0].onnx.int8_report
     print(f"digits ResNet-20 fp16: {fp16}\nint8: {int8}")
     assert fp16["images"] == int8["images"] == 360
-    assert 0 < fp16["logits"] <= onnx_export.FP16_MAX_LOGITS and fp16["top1_agreement"] >= 0.99
-    assert fp16["float64_accuracy"] - fp16["accuracy"] <= onnx_export.FP16_MAX_ACCURACY_DROP
-    assert int8["top1_agreement"] >= onnx_export.INT8_MIN_AGREEMENT and int8["logits"] > fp16["logits"]
+    assert 0 < fp16["logits"] <= variants.FP16_MAX_LOGITS and fp16["top1_agreement"] >= 0.99
+    assert fp16["float64_accuracy"] - fp16["accuracy"] <= variants.FP16_MAX_ACCURACY_DROP
+    assert int8["top1_agreement"] >= variants.INT8_MIN_AGREEMENT and int8["logits"] > fp16["logits"]
 
 
 def test_int8_model_runs_at_any_batch(exported):

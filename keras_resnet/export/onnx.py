@@ -20,10 +20,6 @@ import numpy as np
 
 from keras_resnet.export import staging, variants, verify
 from keras_resnet.export.graph import IMAGES, ServingGraph
-from keras_resnet.export.variants import FP16_MAX_ACCURACY_DROP as FP16_MAX_ACCURACY_DROP
-from keras_resnet.export.variants import FP16_MAX_LOGITS as FP16_MAX_LOGITS
-from keras_resnet.export.variants import FP16_MIN_AGREEMENT as FP16_MIN_AGREEMENT
-from keras_resnet.export.variants import INT8_MAX_ACCURACY_DROP as INT8_MAX_ACCURACY_DROP
 from keras_resnet.export.variants import INT8_MIN_AGREEMENT
 
 MIN_OPSET = 17
@@ -66,7 +62,7 @@ def family(path):
     return staging.family(path, ".onnx", VARIANTS)
 
 
-def check_output(path, overwrite, fp16=False, int8=False):
+def check_output(path, overwrite):
     """Refuse, before any model is loaded, a target that is not a .onnx path in a writable
     directory, or whose files (the fp16/int8 copies of an earlier export included) exist
     without overwrite."""
@@ -221,7 +217,7 @@ def export_onnx(
     only once all passed; one export per output path at a time.
     """
     check_opset(opset)
-    check_output(output_path, overwrite, fp16, int8)
+    check_output(output_path, overwrite)
     if int8 and (calibration_images is None or len(calibration_images) == 0):
         raise ValueError("int8 needs calibration_images: a few hundred real training images (--dataset)")
     graph = ServingGraph(source, top_k=top_k)
@@ -231,7 +227,7 @@ def export_onnx(
     with staging.lock(output_path):
         directory = os.path.dirname(os.path.abspath(output_path))
         staging.remove_leftovers(directory, [os.path.basename(p) for p in family(output_path).values()], log)
-        check_output(output_path, overwrite, fp16, int8)
+        check_output(output_path, overwrite)
         with staging.discarded_on_failure({}) as staged:
             _stage(graph, opset, tags, output_path, staged, calibration_images)
             result = {"path": output_path}
