@@ -1,9 +1,11 @@
 """Inference images/s of keras_resnet beside keras.applications and the exported artifacts.
 
-All rows run the same net on the same batch in one process, interleaved (A B A B) after
-warm-up, each timed call after an untimed one of its own; each reports images/s at the median call, p50/p99 latency, achieved GFLOP/s (2 x
-multiply-adds of `keras_resnet.count_flops`) as a fraction of the fp32 matmul rate measured
-in the same process, and its ratio to keras.applications under tf.function.
+All rows run the same net on the same batch, interleaved (A B A B) after warm-up, each timed
+call after an untimed one of its own; the Keras rows run in this process, each exported file
+in a runtime process of its own (--isolate_runtimes), as a server runs it. Each reports
+images/s at the median call, p50/p99 latency, achieved GFLOP/s (2 x multiply-adds of
+`keras_resnet.count_flops`) as a fraction of the fp32 matmul rate measured in the same
+process, and its ratio to keras.applications under tf.function.
 
   keras_applications_tf_function  keras.applications ResNet50 (101, 152) in a tf.function
   keras_applications_predict      the same model through model.predict (the batch as a
@@ -101,6 +103,12 @@ flags.DEFINE_integer(
     "--tensorflow_inter_op_parallelism, which the README advises setting to 1 on small CPUs; "
     "0 is TensorFlow's default (one per core).",
 )
+flags.DEFINE_bool(
+    "isolate_runtimes",
+    True,
+    "Run each exported file's runtime in a process of its own, as a server runs it (the Keras rows stay in this "
+    "one); false: every runtime in this process, where one's threads and allocations slow the next.",
+)
 flags.DEFINE_integer(
     "intra_op_threads",
     0,
@@ -153,37 +161,74 @@ def keras_binders(prefix, model, mode):
     return {f"{prefix}_tf_function": tf_function, f"{prefix}_predict": predict}
 
 
-def saved_model_binder(source, directory, threads, reference):
-    """serving_default of the exporter's SavedModel (folded, frozen, preprocessing inside) in a
-    TensorFlow 1 session, as TF Serving runs it: Grappler and the oneDNN rewrites at load, then
-    `Session.run`, with its own pool of `threads["inter_op"]` and `threads["intra_op"]` threads
-    (0: TensorFlow's default).
-
+def export_saved_model_file(source, directory, reference):
+    """The exporter's SavedModel (folded, frozen, preprocessing inside): its version dir.
     crop_fraction=1.0 only changes the bytes signature, which is not timed here."""
+    from keras_resnet.export.saved_model import export_saved_model
+
+    return export_saved_model(
+        source, os.path.join(directory, "saved_model"), crop_fraction=1.0, reference=reference
+    ).path
+
+
+def saved_model_runner(path, threads):
+    """serving_default of the SavedModel at `path` in a TensorFlow 1 session, as TF Serving runs
+    it: Grappler and the oneDNN rewrites at load, then `Session.run`, with its own pool of
+    `threads["inter_op"]` and `threads["intra_op"]` threads (0: TensorFlow's default)."""
     import tensorflow as tf
 
     from keras_resnet.export.graph import FLOAT_SIGNATURE, IMAGES
-    from keras_resnet.export.saved_model import export_saved_model
 
-    exported = export_saved_model(
-        source, os.path.join(directory, "saved_model"), crop_fraction=1.0, reference=reference
-    )
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads["intra_op"])
     if threads["inter_op"]:
         config.session_inter_op_thread_pool.add().num_threads = threads["inter_op"]
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
     with graph.as_default():
-        signature = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], exported.path).signature_def[
+        signature = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], path).signature_def[
             FLOAT_SIGNATURE
         ]
-    fetch = signature.outputs["probabilities"].name
+    fetch, feed = signature.outputs["probabilities"].name, signature.inputs[IMAGES].name
+    return lambda images: session.run(fetch, {feed: images})
 
-    def bind(images):
-        feed = {signature.inputs[IMAGES].name: images}
-        return lambda: session.run(fetch, feed)
 
-    return bind, directory_size(exported.path)
+def onnx_runner(path, threads):
+    """An onnxruntime CPU session of the ONNX file at `path`."""
+    from keras_resnet.export.verify import onnx_session
+
+    session = onnx_session(path, threads["intra_op"])
+    feed = session.get_inputs()[0].name
+    return lambda images: session.run(None, {feed: images})
+
+
+def litert_runner(path, threads):
+    """The .tflite file at `path` in the LiteRT interpreter (XNNPACK, one thread per core;
+    `threads` are TensorFlow's and onnxruntime's)."""
+    from keras_resnet.export import litert
+
+    return litert.runner(path)
+
+
+def openvino_runner(path, threads, precision_hint=True):
+    """The IR at `path` on OpenVINO's CPU plugin, in float32, or at its default precision
+    without `precision_hint` (`threads` are TensorFlow's and onnxruntime's)."""
+    from keras_resnet.export import openvino
+
+    return openvino.runner(path, config=None if precision_hint else {})
+
+
+RUNNERS = {
+    "saved_model": saved_model_runner,
+    "onnx": onnx_runner,
+    "litert": litert_runner,
+    "openvino": openvino_runner,
+}
+
+
+def open_runtime(opener):
+    """`run(images)` of an opener (RUNNERS key, path, threads, keyword options), in this process."""
+    kind, path, threads, options = opener
+    return RUNNERS[kind](path, threads, **options)
 
 
 def directory_size(path):
@@ -193,12 +238,10 @@ def directory_size(path):
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
-def onnx_binder(source, directory, calibration, name, reference, intra_op_threads):
-    """One onnxruntime CPU session of the exporter's file for row `name`: one export_onnx call
-    per row, so a copy this onnxruntime cannot build or run (fp16 lacks kernels in some
-    builds) skips only its own row."""
+def export_onnx_file(source, directory, calibration, name, reference):
+    """The exporter's ONNX file for row `name`: one export_onnx call per row, so a copy this
+    onnxruntime cannot build or run (fp16 lacks kernels in some builds) skips only its own row."""
     from keras_resnet.export.onnx import export_onnx
-    from keras_resnet.export.verify import onnx_session
 
     precision = name.removeprefix("onnx_")
     result = export_onnx(
@@ -211,20 +254,12 @@ def onnx_binder(source, directory, calibration, name, reference, intra_op_thread
         int8_min_agreement=0.0,
         reference=reference,
     )
-    path = {"fp32": result.path, "fp16": result.fp16_path, "int8": result.int8_path}[precision]
-    session = onnx_session(path, intra_op_threads)
-    feed_name = session.get_inputs()[0].name
-    return binder(lambda images: session.run(None, {feed_name: images})), directory_size(path)
+    return {"fp32": result.path, "fp16": result.fp16_path, "int8": result.int8_path}[precision]
 
 
-def binder(run):
-    """`bind(images) -> call` of a runtime's `run(images)`."""
-    return lambda images: lambda: run(images)
-
-
-def litert_binders(source, directory, calibration, names, reference):
+def export_litert_files(source, directory, calibration, names, reference):
     """The exporter's .tflite files for the LiteRT rows in `names` (one export, int8 beside
-    float32 when asked) in the LiteRT interpreter (XNNPACK): ({row: bind}, {row: bytes})."""
+    float32 when asked): {row: path}."""
     from keras_resnet.export import litert
 
     result = litert.export_litert(
@@ -235,16 +270,12 @@ def litert_binders(source, directory, calibration, names, reference):
         int8_min_agreement=0.0,
         reference=reference,
     )
-    paths = {name: result.paths[name.removeprefix("litert_")] for name in names}
-    runs = {name: litert.runner(path) for name, path in paths.items()}
-    binders = {name: binder(run) for name, run in runs.items()}
-    return binders, {name: directory_size(path) for name, path in paths.items()}
+    return {name: result.paths[name.removeprefix("litert_")] for name in names}
 
 
-def openvino_binders(source, directory, calibration, names, reference):
-    """The exporter's IR for the OpenVINO rows in `names` (one export, int8 beside float32
-    when asked) on OpenVINO's CPU plugin; openvino_bf16 is the float32 IR at OpenVINO's
-    default precision: ({row: bind}, {row: bytes})."""
+def export_openvino_files(source, directory, calibration, names, reference):
+    """The exporter's IR for the OpenVINO rows in `names` (one export, int8 beside float32 when
+    asked; openvino_bf16 is the float32 IR): {row: path of the .xml}."""
     from keras_resnet.export import openvino
 
     result = openvino.export_openvino(
@@ -255,48 +286,134 @@ def openvino_binders(source, directory, calibration, names, reference):
         int8_min_agreement=0.0,
         reference=reference,
     )
-    paths = {name: result.paths["int8" if name == "openvino_int8" else "fp32"] for name in names}
-    runs = {name: openvino.runner(path, config={} if name == "openvino_bf16" else None) for name, path in paths.items()}
-    binders = {name: binder(run) for name, run in runs.items()}
-    sizes = {name: directory_size(path) + directory_size(openvino.weights_path(path)) for name, path in paths.items()}
-    return binders, sizes
+    return {name: result.paths["int8" if name == "openvino_int8" else "fp32"] for name in names}
+
+
+def served_size(name, path):
+    """Bytes of what row `name` serves: the SavedModel's whole version dir, an IR's .xml and .bin."""
+    if name.startswith("openvino"):
+        from keras_resnet.export import openvino
+
+        return directory_size(path) + directory_size(openvino.weights_path(path))
+    return directory_size(path)
 
 
 def _reason(error):
     return f"export failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
 
 
-def exported_binders(source, directory, calibration, wanted, threads):
-    """({row: bind(images) -> call}, {row: file bytes}, skipped) of the exported rows in
-    `wanted`; a row whose export fails is skipped with the reason, so one broken path does not
-    hide the others. All exports share one float64 reference."""
+def exported_openers(source, directory, calibration, wanted, threads):
+    """({row: opener}, {row: file bytes}, skipped) of the exported rows in `wanted`: each file
+    written and verified by its exporter, and how to open it (open_runtime). A row whose export
+    fails is skipped with the reason, so one broken path does not hide the others. All exports
+    share one float64 reference."""
     from keras_resnet.export.verify import Reference
 
     reference = Reference(source)
-    binders, sizes, skipped = {}, {}, {}
+    paths, skipped = {}, {}
     for name in ("saved_model", "onnx_fp32", "onnx_int8", "onnx_fp16"):
         if name not in wanted:
             continue
         try:
             if name == "saved_model":
-                binders[name], sizes[name] = saved_model_binder(source, directory, threads, reference)
+                paths[name] = export_saved_model_file(source, directory, reference)
             else:
-                binders[name], sizes[name] = onnx_binder(
-                    source, directory, calibration, name, reference, threads["intra_op"]
-                )
+                paths[name] = export_onnx_file(source, directory, calibration, name, reference)
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
             skipped[name] = _reason(error)
-    for runtime, make in (("litert", litert_binders), ("openvino", openvino_binders)):
+    for runtime, export in (("litert", export_litert_files), ("openvino", export_openvino_files)):
         names = [name for name in EXPORTED if name.startswith(runtime) and name in wanted]
         if not names:
             continue
         try:
-            made, made_sizes = make(source, directory, calibration, names, reference)
-            binders.update(made)
-            sizes.update(made_sizes)
+            paths.update(export(source, directory, calibration, names, reference))
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
             skipped.update(dict.fromkeys(names, _reason(error)))
-    return binders, sizes, skipped
+    openers = {}
+    for name, path in paths.items():
+        kind = next(kind for kind in RUNNERS if name.startswith(kind))
+        options = {"precision_hint": False} if name == "openvino_bf16" else {}
+        openers[name] = (kind, path, threads, options)
+    return openers, {name: served_size(name, path) for name, path in paths.items()}, skipped
+
+
+def serve_runtime(connection, opener):
+    """A child process's loop: open one exported file's runtime, then keep the images it is
+    sent and run them on each request, answering when the outputs are ready."""
+    try:
+        run = open_runtime(opener)
+    except Exception as error:  # noqa: BLE001  sent to the parent, which skips the row
+        connection.send(("error", _reason(error).replace("export failed", "opening failed")))
+        return
+    connection.send(("ready", None))
+    images = None
+    while True:
+        command, payload = connection.recv()
+        if command == "images":
+            images = payload
+            connection.send(("ok", None))
+        elif command == "run":
+            run(images)
+            connection.send(("done", None))
+        else:
+            return
+
+
+class RuntimeProcess:
+    """One exported file's runtime in a process of its own, as a server runs it: no other
+    runtime's threads, allocations or caches in its process. A timed call is one request over a
+    pipe (a few bytes each way); the images are sent once per batch size, untimed."""
+
+    def __init__(self, opener):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=serve_runtime, args=(child, opener), daemon=True)
+        self.process.start()
+        child.close()
+        self._expect("ready")
+
+    def _expect(self, answer):
+        reply, payload = self.connection.recv()
+        if reply != answer:
+            raise RuntimeError(payload)
+
+    def bind(self, images):
+        self.connection.send(("images", images))
+        self._expect("ok")
+
+        def call():
+            self.connection.send(("run", None))
+            self._expect("done")
+
+        return call
+
+    def close(self):
+        self.connection.send(("stop", None))
+        self.process.join(timeout=30)
+
+
+def runtime_binders(openers, isolate, skipped):
+    """({row: bind(images) -> call}, [processes to close]): each opener in a RuntimeProcess when
+    `isolate`, else opened in this process. A runtime that fails to open skips its row."""
+    binders, processes = {}, []
+    for name, opener in openers.items():
+        try:
+            if isolate:
+                process = RuntimeProcess(opener)
+                processes.append(process)
+                binders[name] = process.bind
+            else:
+                binders[name] = binder(open_runtime(opener))
+        except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
+            skipped[name] = str(error)
+    return binders, processes
+
+
+def binder(run):
+    """`bind(images) -> call` of a runtime's `run(images)`."""
+    return lambda images: lambda: run(images)
 
 
 def timed_rows(binders, images, run, flops, peak):
@@ -355,14 +472,19 @@ def main(argv):
         )
     source = ModelSource(model=model, preprocess_mode="caffe", name=run["model"])
     with tempfile.TemporaryDirectory() as directory:
-        exported, sizes, skipped = exported_binders(source, directory, calibration, wanted, threads)
-        binders.update(exported)
-        binders = {name: binders[name] for name in ROWS if name in binders and name in wanted}
-        peak = timing.matmul_gflops(run["matmul_size"])
-        rows = timed_rows(binders, images, run, flops, peak)
-        latency_rows = []
-        if FLAGS.latency_batch_size:
-            latency_rows = timed_rows(binders, images[: FLAGS.latency_batch_size], run, flops, peak)
+        openers, sizes, skipped = exported_openers(source, directory, calibration, wanted, threads)
+        exported, processes = runtime_binders(openers, FLAGS.isolate_runtimes, skipped)
+        try:
+            binders.update(exported)
+            binders = {name: binders[name] for name in ROWS if name in binders and name in wanted}
+            peak = timing.matmul_gflops(run["matmul_size"])
+            rows = timed_rows(binders, images, run, flops, peak)
+            latency_rows = []
+            if FLAGS.latency_batch_size:
+                latency_rows = timed_rows(binders, images[: FLAGS.latency_batch_size], run, flops, peak)
+        finally:
+            for process in processes:
+                process.close()
     for row in rows + latency_rows:
         row["file_mb"] = sizes[row["name"]] / 1e6 if row["name"] in sizes else None
     report(run, rows, latency_rows, skipped, peak, own_flops, size)
@@ -425,6 +547,7 @@ def report(run, rows, latency_rows, skipped, peak, own_flops, size):
             gmac_per_image=own_flops / 2e9,
             saved_model_inter_op_threads=FLAGS.saved_model_inter_op_threads,
             intra_op_threads=FLAGS.intra_op_threads,
+            isolate_runtimes=FLAGS.isolate_runtimes,
             peak_gflops=peak,
             skipped=skipped,
         )
