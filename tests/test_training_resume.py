@@ -79,6 +79,7 @@ def _finish(process, status=0):
     return output
 
 
+@pytest.mark.slow
 def test_sigkill_inside_a_loop_then_resume_reaches_the_uninterrupted_weights_bit_for_bit(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
