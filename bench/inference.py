@@ -298,8 +298,8 @@ def served_size(name, path):
     return directory_size(path)
 
 
-def _reason(error):
-    return f"export failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+def _reason(error, step="export"):
+    return f"{step} failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
 
 
 def exported_openers(source, directory, calibration, wanted, threads):
@@ -343,7 +343,7 @@ def serve_runtime(connection, opener):
     try:
         run = open_runtime(opener)
     except Exception as error:  # noqa: BLE001  sent to the parent, which skips the row
-        connection.send(("error", _reason(error).replace("export failed", "opening failed")))
+        connection.send(("error", _reason(error, step="opening")))
         return
     connection.send(("ready", None))
     images = None
