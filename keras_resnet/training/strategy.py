@@ -119,14 +119,34 @@ def _lost_task(text):
     return (match.group(1), int(match.group(2))) if match else None
 
 
+def peer_listens(address, timeout=2.0):
+    """Whether a process accepts connections at `address` ("host:port"), or None when the host
+    does not answer: a killed worker's port refuses them, a frozen one's kernel still accepts.
+
+    TensorFlow's error text alone cannot tell them apart: a killed peer is sometimes reported
+    through the coordination service's missed heartbeats, as a frozen one is.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except (OSError, ValueError):
+        return None
+
+
 def worker_lost(error, last_checkpoint):
     """The WorkerLostError a collective failure under multi_worker means, or None if `error`
-    is something else: one line naming the lost worker (its TF_CONFIG address), the last
-    checkpoint, and that all workers must be rerun.
+    is something else: one line naming the lost worker (its TF_CONFIG address), how it was
+    lost, the last checkpoint, and that all workers must be rerun.
 
-    TensorFlow reports a killed peer within a second (its connections reset) and a frozen
-    one once it misses heartbeats (about 10 s), as an UnavailableError, DeadlineExceededError
-    or AbortedError from the collective the survivor was running.
+    TensorFlow reports a lost peer as an UnavailableError, DeadlineExceededError or
+    AbortedError from the collective the survivor was running: a killed one usually within a
+    second (its connections reset), a frozen one once it misses heartbeats (about 10 s).
+    Whether its process ended is asked of its port, not read from the error's wording.
     """
     import tensorflow as tf
 
@@ -134,14 +154,17 @@ def worker_lost(error, last_checkpoint):
         return None
     text = str(error)
     task = _lost_task(text)
+    address = None
     if task is None:
         who = "a worker"
     else:
         cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
         hosts = cluster.get(task[0], [])
-        address = f" ({hosts[task[1]]})" if task[1] < len(hosts) else ""
-        who = f"{task[0]} {task[1]}{address}"
-    if "heartbeat" in text:
+        address = hosts[task[1]] if task[1] < len(hosts) else None
+        who = f"{task[0]} {task[1]}" + (f" ({address})" if address else "")
+    if address is not None and peer_listens(address) is False:
+        how = "its connection closed (the process ended)"
+    elif "heartbeat" in text:
         how = "it stopped sending heartbeats (frozen, or its host gone)"
     elif "reset by peer" in text or "Socket closed" in text or "Connection refused" in text:
         how = "its connection closed (the process ended)"
