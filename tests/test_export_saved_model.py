@@ -360,6 +360,28 @@ def test_an_export_that_differs_from_the_network_fails(exported):
             verify.verify_outputs("changed", outputs, verify.Reference(source).logits(crops), top_k=TOP_K)
 
 
+def test_near_tied_classes_of_an_untrained_net_do_not_fail_a_faithful_export():
+    """Logits of an untrained net's scale (std 1e5) with two classes 0.5 apart: an export
+    within float32 rounding of the float64 logits, whose probabilities are numpy's float32
+    softmax of them, passes although the tie magnifies its probability error far past the
+    Keras copy's; a head that is not the softmax of those logits still fails."""
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0, 1e5, (8, 10))
+    truth[0, 1] = truth[0].max() + 0.5
+    truth[0, 2] = truth[0, 1] - 0.5
+    exported_logits = (truth * (1 + rng.normal(0, 3e-7, truth.shape))).astype("float32")
+    shifted = np.exp(exported_logits - exported_logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    reference = {"float64": truth, "float32": truth.astype("float32")}
+    distances = verify.float32_distances(exported_logits, probabilities, reference)
+    assert distances["probabilities"] > 100 * verify.float32_bound(distances["keras_float32_probabilities"])
+    assert verify.check_float32("faithful", distances) is distances
+    tempered = np.exp((exported_logits - exported_logits.max(axis=1, keepdims=True)) / 1.5)
+    tempered /= tempered.sum(axis=1, keepdims=True)
+    with pytest.raises(verify.VerificationError, match="probabilities differ .* from the softmax of its own logits"):
+        verify.check_float32("tempered", verify.float32_distances(exported_logits, tempered, reference))
+
+
 def test_failed_verification_leaves_no_version_dir(exported, tmp_path, monkeypatch):
     def fail_after_writing(path, graph, *args, **kwargs):
         assert os.path.isfile(os.path.join(path, "saved_model.pb"))  # the files were written
