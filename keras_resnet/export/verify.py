@@ -9,9 +9,9 @@ distance from float64 is within FLOAT32_FACTOR times the Keras float32 model's o
 plus FLOAT32_FLOOR. Both distances are reported. Probabilities pass the same way, or by being
 the softmax of the export's own logits within the floor: where two classes nearly tie at
 large logits (an untrained net's), the softmax magnifies rounding that the logits check has
-already bounded, and which copy rounds least there is chance. Reduced-precision copies (fp16, int8) are
-held to bounds measured on real images: relative logits error, top-1 agreement with the
-float64 net, and accuracy on held-out labelled images where there are some.
+already bounded, and which copy rounds least there is chance. Reduced-precision copies (fp16,
+int8) are held to bounds measured on real images: relative logits error, top-1 agreement with
+the float64 net, and accuracy on held-out labelled images where there are some.
 
 Any runtime checks the same way (`Reference`, `check_float32`, `reduced_precision_report`,
 `check_reduced_precision`): give it the runtime's logits on `verification_images`.
