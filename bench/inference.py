@@ -374,23 +374,25 @@ class RuntimeProcess:
         child.close()
         self._expect("ready")
 
-    def _expect(self, answer):
-        reply, payload = self.connection.recv()
+    def _expect(self, answer, request=None):
+        """Send `request` (if any) and wait for `answer`; a child that died says so."""
+        try:
+            if request is not None:
+                self.connection.send(request)
+            reply, payload = self.connection.recv()
+        except (EOFError, OSError):
+            self.process.join(timeout=30)
+            raise RuntimeError(f"the runtime's process ended (exit code {self.process.exitcode})") from None
         if reply != answer:
             raise RuntimeError(payload)
 
     def bind(self, images):
-        self.connection.send(("images", images))
-        self._expect("ok")
-
-        def call():
-            self.connection.send(("run", None))
-            self._expect("done")
-
-        return call
+        self._expect("ok", ("images", images))
+        return lambda: self._expect("done", ("run", None))
 
     def close(self):
-        self.connection.send(("stop", None))
+        if self.process.is_alive():
+            self.connection.send(("stop", None))
         self.process.join(timeout=30)
 
 

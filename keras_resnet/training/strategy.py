@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 
 from keras_resnet.training.config import STRATEGIES
@@ -126,8 +127,6 @@ def peer_listens(address, timeout=2.0):
     TensorFlow's error text alone cannot tell them apart: a killed peer is sometimes reported
     through the coordination service's missed heartbeats, as a frozen one is.
     """
-    import socket
-
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
