@@ -5,7 +5,9 @@ call after an untimed one of its own; the Keras rows run in this process, each e
 in a runtime process of its own (--isolate_runtimes), as a server runs it. Each reports
 images/s at the median call, p50/p99 latency, achieved GFLOP/s (2 x multiply-adds of
 `keras_resnet.count_flops`) as a fraction of the fp32 matmul rate measured in the same
-process, and its ratio to keras.applications under tf.function.
+process, its ratio to keras.applications under tf.function, and the CPU time of its median
+call in the process that ran it (all threads: CPU time over p50 is the cores a call keeps
+busy, spinning and waiting included).
 
   keras_applications_tf_function  keras.applications ResNet50 (101, 152) in a tf.function
   keras_applications_predict      the same model through model.predict (the batch as a
@@ -42,7 +44,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 
+import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -152,11 +156,11 @@ def keras_binders(prefix, model, mode):
 
     def tf_function(images):
         tensor = tf.constant(preprocess_input(images, mode))
-        return lambda: forward(tensor).numpy()
+        return cpu_timed(lambda: forward(tensor).numpy())
 
     def predict(images):
         dataset = one_batch_dataset(preprocess_input(images, mode))
-        return lambda: model.predict(dataset, verbose=0)
+        return cpu_timed(lambda: model.predict(dataset, verbose=0))
 
     return {f"{prefix}_tf_function": tf_function, f"{prefix}_predict": predict}
 
@@ -346,15 +350,14 @@ def serve_runtime(connection, opener):
         connection.send(("error", _reason(error, step="opening")))
         return
     connection.send(("ready", None))
-    images = None
+    call = None
     while True:
         command, payload = connection.recv()
         if command == "images":
-            images = payload
+            call = binder(run)(payload)
             connection.send(("ok", None))
         elif command == "run":
-            run(images)
-            connection.send(("done", None))
+            connection.send(("done", call()))
         else:
             return
 
@@ -375,7 +378,8 @@ class RuntimeProcess:
         self._expect("ready")
 
     def _expect(self, answer, request=None):
-        """Send `request` (if any) and wait for `answer`; a child that died says so."""
+        """Send `request` (if any), wait for `answer` and return what came with it; a child
+        that died says so."""
         try:
             if request is not None:
                 self.connection.send(request)
@@ -385,6 +389,7 @@ class RuntimeProcess:
             raise RuntimeError(f"the runtime's process ended (exit code {self.process.exitcode})") from None
         if reply != answer:
             raise RuntimeError(payload)
+        return payload
 
     def bind(self, images):
         self._expect("ok", ("images", images))
@@ -414,18 +419,34 @@ def runtime_binders(openers, isolate, skipped):
 
 
 def binder(run):
-    """`bind(images) -> call` of a runtime's `run(images)`."""
-    return lambda images: lambda: run(images)
+    """`bind(images) -> call` of a runtime's `run(images)`; a call returns its CPU seconds."""
+    return lambda images: cpu_timed(lambda: run(images))
+
+
+def cpu_timed(call):
+    """`call` made to return the CPU seconds this process (all its threads) spent while it ran."""
+
+    def timed():
+        start = time.process_time()
+        call()
+        return time.process_time() - start
+
+    return timed
 
 
 def timed_rows(binders, images, run, flops, peak):
     """The rows of every binder's call on `images`, interleaved, with ratios to REFERENCE."""
     calls = {name: bind(images) for name, bind in binders.items()}
-    seconds = timing.interleaved(calls, warmup=run["warmup"], iterations=run["iterations"], rewarm=REWARM)
+    cpu_seconds = {}
+    seconds = timing.interleaved(
+        calls, warmup=run["warmup"], iterations=run["iterations"], rewarm=REWARM, returned=cpu_seconds
+    )
     rows = [
         timing.row(name, seconds[name], batch_size=len(images), flops_per_image=flops[name], peak_gflops=peak)
         for name in calls
     ]
+    for r in rows:
+        r["cpu_ms"] = 1e3 * float(np.median(cpu_seconds[r["name"]]))
     return timing.add_ratios(rows, lambda name: REFERENCE)
 
 
@@ -445,8 +466,6 @@ def main(argv):
     ):
         if value < 0:
             raise app.UsageError(f"--{flag}={value} must be >= 0 (0: the runtime's default)")
-    import numpy as np
-
     from keras_resnet import count_flops, get_builder
     from keras_resnet.export.sources import ModelSource
     from keras_resnet.preprocessing import preprocess_input
@@ -493,18 +512,20 @@ def main(argv):
 
 
 def print_side_by_side(rows, latency_rows, batch_size):
-    """Each row's images/s at the main batch, p50/p99 at the latency batch and file size."""
+    """Each row's images/s at the main batch, p50/p99 and CPU time per call at the latency
+    batch, and file size."""
     latency = {r["name"]: r for r in latency_rows}
     batch = FLAGS.latency_batch_size
     print(
-        f"\n{'row':{timing.NAME_WIDTH}s} {f'img/s @{batch_size}':>11s} {f'p50 @{batch} ms':>12s} {f'p99 @{batch} ms':>12s} {'file MB':>8s}"
+        f"\n{'row':{timing.NAME_WIDTH}s} {f'img/s @{batch_size}':>11s} {f'p50 @{batch} ms':>12s} "
+        f"{f'p99 @{batch} ms':>12s} {f'CPU @{batch} ms':>12s} {'file MB':>8s}"
     )
     for r in rows:
-        alone = latency.get(r["name"], {"p50_ms": float("nan"), "p99_ms": float("nan")})
+        alone = latency.get(r["name"], dict.fromkeys(("p50_ms", "p99_ms", "cpu_ms"), float("nan")))
         size = "-" if r["file_mb"] is None else f"{r['file_mb']:.1f}"
         print(
             f"{r['name']:{timing.NAME_WIDTH}s} {r['images_per_s']:>11.1f} {alone['p50_ms']:>12.1f} "
-            f"{alone['p99_ms']:>12.1f} {size:>8s}"
+            f"{alone['p99_ms']:>12.1f} {alone['cpu_ms']:>12.1f} {size:>8s}"
         )
 
 

@@ -55,7 +55,7 @@ def synthetic_batch(batch_size, size, classes, seed=0):
     return images, rng.integers(0, classes, size=batch_size).astype("int32")
 
 
-def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S, rewarm=0):
+def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S, rewarm=0, returned=None):
     """{name: per-call seconds} of each callable in `calls`, run in rounds A B C A B C ...
 
     Each is first called `warmup` times (tracing, compilation, caches); then every round
@@ -64,7 +64,8 @@ def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S, rewarm=0):
     threads have stopped spinning (onnxruntime's spin on after a run and would slow the
     next row on a machine with few cores). `rewarm` untimed calls of the same row come
     before each timed one: the first call after another runtime ran finds its memory cold,
-    which a server running one model never meets.
+    which a server running one model never meets. With a dict `returned`, what each timed call
+    returns is appended to `returned[name]`.
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -76,8 +77,10 @@ def interleaved(calls, *, warmup, iterations, settle_s=SETTLE_S, rewarm=0):
                 call()
             time.sleep(settle_s)
             start = time.perf_counter()
-            call()
+            value = call()
             seconds[name].append(time.perf_counter() - start)
+            if returned is not None:
+                returned.setdefault(name, []).append(value)
     return {name: np.asarray(values) for name, values in seconds.items()}
 
 

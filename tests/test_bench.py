@@ -141,7 +141,9 @@ def test_inference(runs):
     assert rows["keras_applications_tf_function"]["ratio"] == pytest.approx(1.0)
     assert rows["onnx_fp32"]["ratio_to"] == "keras_applications_tf_function"
     assert all(0 < r["peak_fraction"] for r in rows.values())
-    assert "keras_resnet_tf_function" in log  # the printed table
+    # CPU time per call, measured in the process that ran it (exported rows: their own process)
+    assert all(r["cpu_ms"] > 0 for r in payload["rows"] + payload["latency_rows"])
+    assert "keras_resnet_tf_function" in log and "CPU @1 ms" in log  # the printed tables
 
 
 def test_train_step(runs):
