@@ -5,8 +5,8 @@ call after an untimed one of its own; the Keras rows run in this process, each e
 in a runtime process of its own (--isolate_runtimes), as a server runs it. Each reports
 images/s at the median call, p50/p99 latency, achieved GFLOP/s (2 x multiply-adds of
 `keras_resnet.count_flops`) as a fraction of the fp32 matmul rate measured in the same
-process, its ratio to keras.applications under tf.function, and the CPU time of its median
-call in the process that ran it (all threads: CPU time over p50 is the cores a call keeps
+process, its ratio to keras.applications under tf.function, and the median CPU time of its
+calls in the process that ran them (all threads: CPU time over p50 is the cores a call keeps
 busy, spinning and waiting included).
 
   keras_applications_tf_function  keras.applications ResNet50 (101, 152) in a tf.function

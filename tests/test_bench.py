@@ -141,8 +141,10 @@ def test_inference(runs):
     assert rows["keras_applications_tf_function"]["ratio"] == pytest.approx(1.0)
     assert rows["onnx_fp32"]["ratio_to"] == "keras_applications_tf_function"
     assert all(0 < r["peak_fraction"] for r in rows.values())
-    # CPU time per call, measured in the process that ran it (exported rows: their own process)
-    assert all(r["cpu_ms"] > 0 for r in payload["rows"] + payload["latency_rows"])
+    # CPU time per call, measured in the process that ran it (exported rows: their own process,
+    # whose compute a measurement in the parent, which only waits on a pipe, would miss)
+    for r in payload["rows"] + payload["latency_rows"]:
+        assert r["cpu_ms"] > 0.1 * r["p50_ms"], (r["name"], r["cpu_ms"], r["p50_ms"])
     assert "keras_resnet_tf_function" in log and "CPU @1 ms" in log  # the printed tables
 
 
