@@ -128,6 +128,12 @@ BAD_REQUESTS = {
     "one_channel": ("serving_default", "images", np.zeros((2, 32, 32, 1), "float32"), "got shape] [2 32 32 1]"),
     "nan": ("serving_default", "images", np.full((1, 32, 32, 3), np.nan, "float32"), "NaN or Inf"),
     "inf": ("serving_default", "images", np.full((1, 32, 32, 3), np.inf, "float32"), "NaN or Inf"),
+    "one_nan_pixel": (
+        "serving_default",
+        "images",
+        np.where(np.arange(2 * 32 * 32 * 3).reshape(2, 32, 32, 3) == 5000, np.nan, 0).astype("float32"),
+        "NaN or Inf",
+    ),
     "scalar_bytes": ("serve_image_bytes", "image_bytes", np.array(b"abc", dtype=object), "got shape] []"),
     "empty_bytes": ("serve_image_bytes", "image_bytes", np.zeros((0,), dtype=object), "got shape] [0]"),
     "not_an_image": ("serve_image_bytes", "image_bytes", np.array([b"not an image"], dtype=object), "not a JPEG"),

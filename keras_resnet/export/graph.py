@@ -114,14 +114,22 @@ def _shape_is(tensor, expected):
 
 
 def check_images(images, image_size):
-    """`images` once they are a non-empty float batch [n, H, W, 3] of finite values."""
+    """`images` once they are a non-empty float batch [n, H, W, 3] of finite values.
+
+    Finiteness is an element-wise test and a reduction, which TensorFlow splits over its
+    threads; `check_numerics` runs on one (9 ms of a 680-ms ResNet-50 batch of 32 on 2 cores).
+    """
     height, width = image_size
     images = _checked(
         images,
         _shape_is(images, (None, height, width, 3)),
         [f"images must be float32 [batch >= 1, {height}, {width}, 3], RGB in 0..255; got shape", tf.shape(images)],
     )
-    return tf.debugging.check_numerics(images, "images hold NaN or Inf: pixels must be finite RGB values in 0..255")
+    return _checked(
+        images,
+        tf.reduce_all(tf.math.is_finite(images)),
+        ["images hold NaN or Inf: pixels must be finite RGB values in 0..255"],
+    )
 
 
 def check_image_bytes(image_bytes):
