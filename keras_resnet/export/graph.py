@@ -117,7 +117,7 @@ def check_images(images, image_size):
     """`images` once they are a non-empty float batch [n, H, W, 3] of finite values.
 
     Finiteness is an element-wise test and a reduction, which TensorFlow splits over its
-    threads; `check_numerics` runs on one (9 ms of a 680-ms ResNet-50 batch of 32 on 2 cores).
+    threads; `check_numerics` runs on one, serially before the net (BENCHMARKS.md).
     """
     height, width = image_size
     images = _checked(
