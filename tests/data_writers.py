@@ -3,7 +3,7 @@ TensorFlow's ImageNet tooling writes them, CIFAR batches as the original python 
 
 import io
 import os
-import pickle
+import struct
 import tarfile
 
 import numpy as np
@@ -68,17 +68,72 @@ def cifar_batch(images, labels, label_key=b"labels"):
     return {b"batch_label": b"test batch", label_key: list(map(int, labels)), b"data": data}
 
 
+def _py2_str(value):
+    """SHORT_BINSTRING or BINSTRING: a Python 2 str, which Python 3 decodes as ASCII by default."""
+    return (b"U" + bytes([len(value)]) if len(value) < 256 else b"T" + struct.pack("<i", len(value))) + value
+
+
+def _py2_int(value):
+    if 0 <= value < 256:
+        return b"K" + bytes([value])
+    if 0 <= value < 65536:
+        return b"M" + struct.pack("<H", value)
+    return b"J" + struct.pack("<i", value)
+
+
+def _py2_tuple(items):
+    body = b"".join(items)
+    return body + b")\x85\x86\x87"[len(items) : len(items) + 1] if len(items) <= 3 else b"(" + body + b"t"
+
+
+def _py2_uint8_array(array):
+    """numpy 1.x's reduction of a uint8 array under Python 2: _reconstruct, then the state
+    (version 1, shape, dtype with its version-3 state, C order, the raw bytes as a str)."""
+    minus_one = _py2_int(-1)
+    dtype_state = _py2_tuple([_py2_int(3), _py2_str(b"|"), b"N", b"N", b"N", minus_one, minus_one, _py2_int(0)])
+    dtype = b"cnumpy\ndtype\n" + _py2_tuple([_py2_str(b"u1"), _py2_int(0), _py2_int(1)]) + b"R" + dtype_state + b"b"
+    shape = _py2_tuple([_py2_int(n) for n in array.shape])
+    state = _py2_tuple([_py2_int(1), shape, dtype, b"\x89", _py2_str(np.ascontiguousarray(array).tobytes())])
+    empty = _py2_tuple([b"cnumpy\nndarray\n", _py2_tuple([_py2_int(0)]), _py2_str(b"b")])
+    return b"cnumpy.core.multiarray\n_reconstruct\n" + empty + b"R" + state + b"b"
+
+
+def _py2_body(value):
+    if isinstance(value, dict):
+        return b"}(" + b"".join(_py2_body(k) + _py2_body(v) for k, v in value.items()) + b"u"
+    if isinstance(value, list):
+        return b"](" + b"".join(map(_py2_body, value)) + b"e"
+    if isinstance(value, bytes):
+        return _py2_str(value)
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return _py2_uint8_array(value)
+    if isinstance(value, (int, np.integer)):
+        return _py2_int(int(value))
+    raise TypeError(f"no Python 2 pickle of a {type(value).__name__} here")
+
+
+def python2_pickle(value):
+    """Protocol-2 bytes of `value` as Python 2's cPickle wrote the published CIFAR files
+    (bytes become Python 2 str), which Python 3 reads only with encoding='bytes'."""
+    return b"\x80\x02" + _py2_body(value) + b"."
+
+
 def write_cifar10_tarball(directory, train, test, names=None):
-    """cifar-10-python.tar.gz: data_batch_1..5 (train in 5 parts, in order), test_batch, batches.meta."""
+    """cifar-10-python.tar.gz as published: data_batch_1..5 (train in 5 parts, in order),
+    test_batch and batches.meta, each a Python 2 pickle."""
     names = names or [f"class{i}" for i in range(10)]
     parts = np.array_split(np.arange(len(train[1])), 5)
     members = {f"data_batch_{i + 1}": cifar_batch(train[0][part], train[1][part]) for i, part in enumerate(parts)}
     members["test_batch"] = cifar_batch(*test)
-    members["batches.meta"] = {b"label_names": [n.encode() for n in names]}
+    members["batches.meta"] = {
+        b"num_cases_per_batch": len(parts[0]),
+        b"label_names": [n.encode() for n in names],
+        b"num_vis": 3072,
+    }
     path = os.path.join(directory, "cifar-10-python.tar.gz")
     with tarfile.open(path, "w:gz") as tar:
         for name, content in members.items():
-            data = pickle.dumps(content)
+            data = python2_pickle(content)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

@@ -11,6 +11,7 @@ from data_writers import (
     encode,
     example,
     numbered_examples,
+    python2_pickle,
     ramp,
     solid,
     write_cifar10_tarball,
@@ -104,6 +105,42 @@ def test_cifar_label_out_of_range_names_the_file(tmp_path):
     write_cifar10_tarball(str(tmp_path), (np.zeros((5, 32, 32, 3), np.uint8), np.zeros(5)), (images, [0, 1, 2, 10, 4]))
     with pytest.raises(ValueError, match=r"label 10 outside \[0, 10\) in .*test_batch"):
         data.load_arrays("cifar10", "test", str(tmp_path))
+
+
+def test_the_written_batches_are_python2_pickles_as_published(cifar_dir, tmp_path):
+    """The dataset page's Python 3 recipe, pickle.load(f, encoding='bytes'), reads them; a plain
+    pickle.load fails on their Python 2 str, as it does on the published files."""
+    import pickle
+    import tarfile
+
+    directory, train, _ = cifar_dir
+    with tarfile.open(os.path.join(directory, "cifar-10-python.tar.gz")) as tar:
+        content = tar.extractfile("cifar-10-batches-py/data_batch_1").read()
+    with pytest.raises(UnicodeDecodeError):
+        pickle.loads(content)
+    batch = pickle.loads(content, encoding="bytes")
+    assert sorted(batch) == [b"batch_label", b"data", b"labels"]
+    np.testing.assert_array_equal(batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), train[0][:10])
+
+
+@pytest.mark.parametrize("keys", ["bytes", "str"])
+def test_cifar_batches_pickled_by_python3_read_like_the_published_ones(cifar_dir, tmp_path, keys):
+    """Copies re-pickled under Python 3, with the recipe's bytes keys or with str keys."""
+    import pickle
+    import tarfile
+
+    directory, train, test = cifar_dir
+    with tarfile.open(os.path.join(directory, "cifar-10-python.tar.gz")) as tar:
+        tar.extractall(tmp_path, filter="data")
+    batches = tmp_path / "cifar-10-batches-py"
+    for path in batches.iterdir():
+        batch = pickle.loads(path.read_bytes(), encoding="bytes")
+        if keys == "str":
+            batch = {key.decode(): value for key, value in batch.items()}
+        path.write_bytes(pickle.dumps(batch))
+    np.testing.assert_array_equal(data.load_arrays("cifar10", "train", str(tmp_path))[0], train[0])
+    np.testing.assert_array_equal(data.load_arrays("cifar10", "test", str(tmp_path))[1], test[1])
+    assert data.dataset_info("cifar10", str(tmp_path)).class_names == [f"name{i}" for i in range(10)]
 
 
 # ---------------------------------------------------------------- class folders
@@ -277,6 +314,16 @@ def test_unprepared_or_unknown_tfds_names_are_clear_value_errors(tmp_path):
 # ---------------------------------------------------------------- broken CIFAR files
 
 
+class _MakesDirectory:
+    """Unpickles by calling os.makedirs(path): a file that runs code when loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
 def _break_cifar(directory, fault):
     """A CIFAR-10 dir (extracted batches) or tarball with one fault; the file to be named."""
     import pickle
@@ -298,9 +345,10 @@ def _break_cifar(directory, fault):
         content = f.read()
     broken = {
         "truncated": lambda: content[: len(content) // 3],
-        "garbage": lambda: os.urandom(500),
-        "wrong row length": lambda: pickle.dumps({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}),
-        "missing key": lambda: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}),
+        "garbage": lambda: np.random.default_rng(7).bytes(500),
+        "wrong row length": lambda: python2_pickle({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}),
+        "missing key": lambda: python2_pickle({b"data": np.zeros((2, 3072), np.uint8)}),
+        "runs code": lambda: pickle.dumps(_MakesDirectory(os.path.join(str(directory), "made"))),
     }
     if fault == "missing batch":
         os.remove(batch)
@@ -317,6 +365,7 @@ def _break_cifar(directory, fault):
         ("garbage", "not a CIFAR python batch"),
         ("wrong row length", r"data of shape \(2, 3000\), expected \[n, 3072\]"),
         ("missing key", "no 'labels' entry"),
+        ("runs code", "names os.makedirs, which a CIFAR batch never holds"),
         ("missing batch", "is missing"),
         ("truncated tarball", "not a whole CIFAR python tarball"),
     ],
@@ -327,3 +376,48 @@ def test_a_broken_cifar_file_is_one_line_naming_the_file_and_the_fault(tmp_path,
         data.load_arrays("cifar10", "train", str(tmp_path))
     message = str(caught.value)
     assert named in message and "\n" not in message
+    assert not os.path.exists(os.path.join(str(tmp_path), "made"))
+
+
+def _damaged(content, rng):
+    """`content` with a few random bytes overwritten, cut short, or replaced by random bytes."""
+    kind = rng.integers(3)
+    if kind == 0:
+        damaged = np.frombuffer(content, np.uint8).copy()
+        where = rng.integers(0, len(content), rng.integers(1, 4))
+        damaged[where] = rng.integers(0, 256, len(where), dtype=np.uint8)
+        return damaged.tobytes()
+    if kind == 1:
+        return content[: rng.integers(0, len(content))]
+    return rng.bytes(int(rng.integers(1, 2000)))
+
+
+def test_damaged_cifar_batches_load_or_give_one_line_naming_the_file(tmp_path):
+    """Hundreds of damaged published-format batches: each is read whole or refused by a
+    ValueError naming it; no other exception, however the bytes fall."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    content = python2_pickle(
+        {
+            b"batch_label": b"training batch 3 of 5",
+            b"labels": list(range(10)),
+            b"data": images.transpose(0, 3, 1, 2).reshape(10, -1),
+        }
+    )
+    whole = python2_pickle({b"labels": list(range(10)), b"data": np.zeros((10, 3072), np.uint8)})
+    outcomes = collections.Counter()
+    for case in range(400):
+        batches = tmp_path / f"case{case}" / "cifar-10-batches-py"
+        batches.mkdir(parents=True)
+        for name in [f"data_batch_{i}" for i in (1, 2, 4, 5)] + ["test_batch"]:
+            (batches / name).write_bytes(whole)
+        (batches / "data_batch_3").write_bytes(_damaged(content, rng))
+        try:
+            read, labels = data.load_arrays("cifar10", "train", str(batches.parent))
+        except ValueError as error:
+            assert str(batches / "data_batch_3") in str(error) and "\n" not in str(error), error
+            outcomes["refused"] += 1
+        else:
+            assert read.shape == (50, 32, 32, 3) and read.dtype == np.uint8 and labels.max() < 10
+            outcomes["read"] += 1
+    assert outcomes["refused"] > 200 and outcomes["read"] > 10, outcomes

@@ -29,8 +29,8 @@ DIGITS_TEST_SIZE = 360
 SPLIT_SEED = 0
 CIFAR_ROW = 32 * 32 * 3
 CIFAR = {
-    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", 10, b"labels", "batches.meta", b"label_names"),
-    "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", 100, b"fine_labels", "meta", b"fine_label_names"),
+    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", 10, "labels", "batches.meta", "label_names"),
+    "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", 100, "fine_labels", "meta", "fine_label_names"),
 }
 CIFAR_FILES = {
     "cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
@@ -86,17 +86,40 @@ def cifar_name(data_dir):
     return next((name for name in CIFAR if cifar_locate(name, data_dir)), None)
 
 
+# What a CIFAR batch may name: NumPy's array and dtype rebuilders under their NumPy 1 and
+# NumPy 2 module names, and the codec Python 3's protocol 2 writes bytes with.
+CIFAR_PICKLE_GLOBALS = frozenset(
+    [(module, "_reconstruct") for module in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    + [(module, "scalar") for module in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    + [(module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")]
+    + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Rebuilds arrays, refuses every other global: a batch file never runs code."""
+
+    def find_class(self, module, name):
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(read, where):
-    """The dict a CIFAR python file holds, or a ValueError naming the file and what is wrong."""
+    """The dict a CIFAR python file holds, its keys as str, or a ValueError naming the file.
+
+    The published files are Python 2 cPickle: their keys and pixels are Python 2 str, read
+    as bytes (the dataset page's `encoding='bytes'`). Damaged bytes can make the unpickler
+    raise any exception, so all of them mean "not a batch".
+    """
     try:
-        content = pickle.loads(read())
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as error:
-        raise ValueError(
-            f"{where}: not a CIFAR python batch (unpickling failed: {error or type(error).__name__})"
-        ) from None
+        content = _CifarUnpickler(io.BytesIO(read()), encoding="bytes").load()
+    except Exception as error:
+        said = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"{where}: not a CIFAR python batch (unpickling failed: {said})") from None
     if not isinstance(content, dict):
         raise ValueError(f"{where}: not a CIFAR python batch (holds a {type(content).__name__}, not a dict)")
-    return content
+    return {key.decode(errors="replace") if isinstance(key, bytes) else key: value for key, value in content.items()}
 
 
 def _cifar_members(kind, path, names):
@@ -127,14 +150,12 @@ def _cifar_members(kind, path, names):
 
 def _cifar_batch_arrays(batch, label_key, classes, where):
     """(uint8 [n, 32, 32, 3], int32 [n]) of one unpickled batch, each fault a ValueError naming `where`."""
-    for key in (b"data", label_key):
+    for key in ("data", label_key):
         if key not in batch:
-            raise ValueError(
-                f"{where}: no {key.decode()!r} entry (has {sorted(k.decode(errors='replace') for k in batch)})"
-            )
+            raise ValueError(f"{where}: no {key!r} entry (has {sorted(map(str, batch))})")
     try:
         label = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
-        rows = np.asarray(batch[b"data"], dtype=np.uint8)
+        rows = np.asarray(batch["data"], dtype=np.uint8)
     except (TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"{where}: data or labels are not arrays of numbers ({error})") from None
     if rows.ndim != 2 or rows.shape[1] != CIFAR_ROW:
@@ -174,7 +195,7 @@ def cifar_python_class_names(name, data_dir):
     meta_name, names_key = CIFAR[name][4], CIFAR[name][5]
     meta = _cifar_members(kind, path, [meta_name])[meta_name]
     if names_key not in meta:
-        raise ValueError(f"{os.path.join(path, meta_name)}: no {names_key.decode()!r} entry")
+        raise ValueError(f"{os.path.join(path, meta_name)}: no {names_key!r} entry")
     return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
 
 
