@@ -118,6 +118,17 @@ def python2_pickle(value):
     return b"\x80\x02" + _py2_body(value) + b"."
 
 
+def _write_python2_tarball(path, folder, members):
+    """A .tar.gz of `folder`/name members, each a Python 2 pickle of its value."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            data = python2_pickle(content)
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 def write_cifar10_tarball(directory, train, test, names=None):
     """cifar-10-python.tar.gz as published: data_batch_1..5 (train in 5 parts, in order),
     test_batch and batches.meta, each a Python 2 pickle."""
@@ -130,11 +141,23 @@ def write_cifar10_tarball(directory, train, test, names=None):
         b"label_names": [n.encode() for n in names],
         b"num_vis": 3072,
     }
-    path = os.path.join(directory, "cifar-10-python.tar.gz")
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in members.items():
-            data = python2_pickle(content)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return _write_python2_tarball(os.path.join(directory, "cifar-10-python.tar.gz"), "cifar-10-batches-py", members)
+
+
+def write_cifar100_tarball(directory, train, test, fine_names):
+    """cifar-100-python.tar.gz as published: train, test and meta, each a Python 2 pickle,
+    with fine labels and a coarse label per image (here fine // 5: 20 superclasses)."""
+
+    def batch(images, labels):
+        coarse = [int(label) // 5 for label in labels]
+        return {**cifar_batch(images, labels, b"fine_labels"), b"coarse_labels": coarse}
+
+    members = {
+        "train": batch(*train),
+        "test": batch(*test),
+        "meta": {
+            b"fine_label_names": [n.encode() for n in fine_names],
+            b"coarse_label_names": [f"superclass{i}".encode() for i in range(20)],
+        },
+    }
+    return _write_python2_tarball(os.path.join(directory, "cifar-100-python.tar.gz"), "cifar-100-python", members)

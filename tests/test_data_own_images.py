@@ -277,10 +277,11 @@ def test_int8_export_calibrates_on_kept_images_and_measures_on_held_out_ones(tra
 
 
 def test_all_corrupt_folders_are_an_error_naming_the_source_not_a_hang(tmp_path):
+    rng = np.random.default_rng(0)
     for name in NAMES:
         os.makedirs(tmp_path / "train" / name)
         for i in range(3):
-            (tmp_path / "train" / name / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+            (tmp_path / "train" / name / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(64))
     with pytest.raises(ValueError, match=rf"no readable image in {tmp_path.name} train \({tmp_path}\): the first 9"):
         data.make_input_fn(tmp_path.name, "train", 4, training=True, data_dir=str(tmp_path), preprocess_mode="tf")
 
@@ -296,7 +297,8 @@ def test_folders_without_one_image_file_are_an_error_counting_the_skips(tmp_path
 def test_all_corrupt_tfrecords_are_an_error_naming_the_source(tmp_path):
     from data_writers import example, write_shards
 
-    write_shards(str(tmp_path), "validation", [example(b"\xff\xd8\xff" + os.urandom(50), 1) for _ in range(5)], 2)
+    rng = np.random.default_rng(0)
+    write_shards(str(tmp_path), "validation", [example(b"\xff\xd8\xff" + rng.bytes(50), 1) for _ in range(5)], 2)
     write_shards(str(tmp_path), "train", [b"not an example"] * 4, 1)
     for split in ("validation", "train"):
         with pytest.raises(ValueError, match=rf"no readable image in imagenet {split} \({tmp_path}\)"):

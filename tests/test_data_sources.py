@@ -15,6 +15,7 @@ from data_writers import (
     ramp,
     solid,
     write_cifar10_tarball,
+    write_cifar100_tarball,
     write_shards,
 )
 
@@ -98,6 +99,22 @@ def test_cifar_val_split_holds_out_a_tenth_without_overlap(cifar_dir):
     assert (len(kept), len(held)) == (45, 5)  # the paper's 45k/5k, scaled
     together = {image.tobytes() for image in np.concatenate([kept, held])}
     assert together == {image.tobytes() for image in train[0]}
+
+
+def test_cifar100_tarball_reads_fine_labels_and_their_names(tmp_path):
+    rng = np.random.default_rng(1)
+    train = (rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8), np.arange(200) % 100)
+    test = (rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8), np.arange(100)[::-1])
+    fine_names = [f"fine{i}" for i in range(100)]
+    write_cifar100_tarball(str(tmp_path), train, test, fine_names)
+    assert data.detect_source(str(tmp_path)) == "cifar_python"
+    images, labels = data.load_arrays("cifar100", "train", str(tmp_path))
+    np.testing.assert_array_equal(images, train[0])
+    np.testing.assert_array_equal(labels, train[1])
+    np.testing.assert_array_equal(data.load_arrays("cifar100", "test", str(tmp_path))[1], test[1])
+    info = data.dataset_info("cifar100", str(tmp_path))
+    assert (info.source, info.num_classes, info.class_names) == ("cifar_python", 100, fine_names)
+    assert info.num_examples == {"train": 200, "test": 100}
 
 
 def test_cifar_label_out_of_range_names_the_file(tmp_path):
