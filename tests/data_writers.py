@@ -81,9 +81,12 @@ def _py2_int(value):
     return b"J" + struct.pack("<i", value)
 
 
+PY2_SHORT_TUPLE = {0: b")", 1: b"\x85", 2: b"\x86", 3: b"\x87"}  # EMPTY_TUPLE, TUPLE1..TUPLE3
+
+
 def _py2_tuple(items):
     body = b"".join(items)
-    return body + b")\x85\x86\x87"[len(items) : len(items) + 1] if len(items) <= 3 else b"(" + body + b"t"
+    return body + PY2_SHORT_TUPLE[len(items)] if len(items) in PY2_SHORT_TUPLE else b"(" + body + b"t"
 
 
 def _py2_uint8_array(array):

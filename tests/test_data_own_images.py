@@ -1,7 +1,8 @@
 """Your own images, end to end: class folders written here in real formats (PNG of mixed
 sizes, greyscale, RGBA, palette; a corrupt file; a text file), trained on with every
 preprocessing mode, evaluated from the run dir alone, exported, and served back as a
-class name; --val_split's held-out files; refused reruns that leave the run dir as it was."""
+class name; --val_split's held-out files; refused reruns that leave the run dir as it was;
+the README's CIFAR-10 command on the tarball as published."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_writers import encode
+from data_writers import encode, write_cifar10_tarball
 
 import keras_resnet.data as data
 from keras_resnet.data.arrays import digits_arrays
@@ -251,6 +252,27 @@ def test_export_with_default_flags_serves_a_class_name_for_a_held_out_image(trai
     expected = loaded.model.predict(loaded.preprocess(view), verbose=0)
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4)
     assert names[0] == NAMES[int(np.argmax(expected))]
+
+
+@pytest.mark.slow
+def test_the_readmes_cifar_command_trains_and_evaluates_on_the_published_tarball(tmp_path):
+    """train/cifar10.py --data_dir on cifar-10-python.tar.gz (Python 2 pickles), then
+    train/evaluate.py from the run dir alone: the test split, named by batches.meta."""
+    rng = np.random.default_rng(0)
+    train = (rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10)
+    test = (rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    write_cifar10_tarball(str(tmp_path), train, test, names)
+    run_dir = tmp_path / "r20"
+    flags = ["--model=resnet20", "--train_steps=3", "--lr_boundaries=1,2", "--batch_size=8", "--eval_interval=0"]
+    rc, out, everything = run_cli("train/cifar10.py", f"--data_dir={tmp_path}", f"--model_dir={run_dir}", *flags)
+    assert rc == 0, everything[-3000:]
+    assert "read as cifar_python; 10 classes, train 40 images, test 20 images" in out
+    assert json.load(open(run_dir / "config.json"))["class_names"] == names
+    rc, out, everything = run_cli("train/evaluate.py", f"--model_dir={run_dir}")
+    assert rc == 0, everything[-3000:]
+    assert "cifar10 test" in out and "truck" in out
+    assert out.split()[-1] == "20"  # every test image evaluated
 
 
 def test_int8_export_calibrates_on_kept_images_and_measures_on_held_out_ones(trained, own_dir, tmp_path):

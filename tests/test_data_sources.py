@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from data_writers import (
+    cifar_batch,
     encode,
     example,
     numbered_examples,
@@ -414,14 +415,8 @@ def test_damaged_cifar_batches_load_or_give_one_line_naming_the_file(tmp_path):
     ValueError naming it; no other exception, however the bytes fall."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
-    content = python2_pickle(
-        {
-            b"batch_label": b"training batch 3 of 5",
-            b"labels": list(range(10)),
-            b"data": images.transpose(0, 3, 1, 2).reshape(10, -1),
-        }
-    )
-    whole = python2_pickle({b"labels": list(range(10)), b"data": np.zeros((10, 3072), np.uint8)})
+    content = python2_pickle(cifar_batch(images, range(10)))
+    whole = python2_pickle(cifar_batch(np.zeros_like(images), range(10)))
     outcomes = collections.Counter()
     for case in range(400):
         batches = tmp_path / f"case{case}" / "cifar-10-batches-py"
