@@ -20,6 +20,9 @@ LAYOUTS = """expected one of these layouts:
                    (tf.train.Example: image/encoded, image/class/label counted from 1)
   class folders    DIR/train/<class>/<image> and DIR/validation/<class>/<image> (or val/;
                    train/ alone with val_split); .jpg .jpeg .png .gif .bmp, named after DIR
+  ImageNet         Kaggle's DIR/ILSVRC/Data/CLS-LOC/{train,val} with DIR/LOC_val_solution.csv
+                   (or DIR=CLS-LOC), or DIR/train/<wnid>/, a flat DIR/val/ and the devkit
+                   DIR/ILSVRC2012_devkit_t12/data/ (validation ground truth, meta.mat)
   TFDS data dir    DIR/<name>/<version>/dataset_info.json (prepared), or for imagenet2012
                    DIR/downloads/manual/ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
   CIFAR python     DIR/cifar-10-python.tar.gz or DIR/cifar-10-batches-py/ (cifar-100 likewise)"""
@@ -36,6 +39,7 @@ class DatasetInfo:
     num_examples: dict
     class_names: list | None
     small: bool
+    class_ids: list | None = None  # WordNet ids where class_names are their human names
 
 
 def canonical_name(name):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet.data import arrays, sources
+from keras_resnet.data import arrays, imagenet, sources
 from keras_resnet.data.arrays import CIFAR
 from keras_resnet.data.catalog import (
     IMAGENET,
@@ -18,6 +16,7 @@ from keras_resnet.data.catalog import (
     tfds_builder,
     val_fraction,
 )
+from keras_resnet.preprocessing import imagenet_classes
 
 IMAGENET_CLASSES = 1000
 # Per-channel RGB mean of ImageNet's training images (the caffe models' mean, as RGB).
@@ -35,18 +34,6 @@ def _tfrecord_count(data_dir, split):
     return int(tf.data.TFRecordDataset(files).ignore_errors().reduce(np.int64(0), lambda n, _: n + 1))
 
 
-def _imagenet_wnids():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        return None
-    path = os.path.join(os.path.dirname(tfds.__file__), "datasets", "imagenet2012", "labels.txt")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return f.read().split()
-
-
 def _files_info(name, data_dir, val_split):
     """ImageNet (TFRecords, TFDS, folders) or any class-folder or TFRecord set under its name."""
     kind = "tfds" if data_dir is None else sources.detect_source(data_dir)
@@ -54,7 +41,7 @@ def _files_info(name, data_dir, val_split):
         return _tfds_info(IMAGENET, data_dir)
     if kind == "tfrecord":
         counts = {split: _tfrecord_count(data_dir, split) for split in ("train", "validation")}
-        names = _imagenet_wnids()
+        names = [wnid for wnid, _ in imagenet_classes()]
     elif kind == "folders":
         names = sources.folder_classes(data_dir)
         counts = {}
@@ -64,7 +51,10 @@ def _files_info(name, data_dir, val_split):
     else:
         raise ValueError(f"data_dir={data_dir!r} holds {kind} files, not {name}; {LAYOUTS}")
     classes = len(names) if kind == "folders" else IMAGENET_CLASSES
-    return DatasetInfo(name, kind, classes, 224, counts, names, small=False)
+    human = imagenet.wordnet_names(names)
+    if human is None:
+        return DatasetInfo(name, kind, classes, 224, counts, names, small=False)
+    return DatasetInfo(name, kind, classes, 224, counts, human, small=False, class_ids=names)
 
 
 def reads_files(name, data_dir):
@@ -183,6 +173,8 @@ def describe(name, data_dir=None, val_split=False, max_listed=10):
     info = dataset_info(name, data_dir, val_split)
     where = f" from {data_dir}" if data_dir else ""
     lines = [f"data: {info.name}{where}, read as {info.source}; {info.num_classes} classes, " + _count_text(info)]
+    if info.class_ids is not None and len(info.class_ids) <= 2 * max_listed:
+        lines.append(f"  WordNet ids: {', '.join(f'{n} {i}' for n, i in zip(info.class_names, info.class_ids))}")
     if info.source != "folders":
         if info.class_names is not None and len(info.class_names) <= 2 * max_listed:
             lines.append(f"  classes: {', '.join(map(str, info.class_names))}")

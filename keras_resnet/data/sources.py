@@ -16,6 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_resnet.data import imagenet
 from keras_resnet.data.arrays import CIFAR, cifar_locate, held_out
 from keras_resnet.data.catalog import (
     IMAGE_EXTENSIONS,
@@ -37,6 +38,10 @@ TFRECORD_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.FixedLenFeature([], tf.int64),
 }
+NOT_IN_A_CLASS_FOLDER = (
+    f"not in a class folder (a flat ImageNet val/ is labelled by {imagenet.KAGGLE_SOLUTION} "
+    f"or {imagenet.DEVKIT_DATA}/{imagenet.DEVKIT_TRUTH} with meta.mat)"
+)
 FOLDER_NAMES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test", "validation", "val")}
 
 
@@ -47,8 +52,9 @@ def tfrecord_files(data_dir, split):
 
 
 def folder_split_dir(data_dir, split):
+    root = imagenet.images_root(data_dir)
     for folder in FOLDER_NAMES[split]:
-        path = os.path.join(data_dir, folder)
+        path = os.path.join(root, folder)
         if tf.io.gfile.isdir(path):
             return path
     return None
@@ -95,30 +101,34 @@ class FolderSplit:
 def list_folder_split(data_dir, split):
     """A split's images (labels by sorted class name of train), every other file skipped
     with its reason: no image extension, or first bytes that are no JPEG/PNG/GIF/BMP.
-    Files straight under the split directory (not in a class folder) are skipped too."""
+    Files straight under a validation or test directory are read where ImageNet's labels
+    for a flat val/ are found (`imagenet.flat_val_labels`), else skipped like those under
+    train/ (not in a class folder)."""
     classes = folder_classes(data_dir)
     split_dir = folder_split_dir(data_dir, split)
     if split_dir is None:
         raise ValueError(f"no {' or '.join(FOLDER_NAMES[split])} folder in {data_dir!r}; {LAYOUTS}")
     paths, labels, skipped = [], [], []
+    flat = None if split == "train" else imagenet.flat_val_labels(data_dir)
+    index = {name: label for label, name in enumerate(classes)}
     for entry in sorted(tf.io.gfile.listdir(split_dir)):
         path = os.path.join(split_dir, entry.rstrip("/"))
-        if not tf.io.gfile.isdir(path):
-            skipped.append((path, "not in a class folder"))
-        elif entry.rstrip("/") not in classes:
-            skipped.append((path, "a class folder that train/ lacks"))
+        if tf.io.gfile.isdir(path):
+            if entry.rstrip("/") not in classes:
+                skipped.append((path, "a class folder that train/ lacks"))
+        elif flat:
+            _list_flat_image(path, flat, index, paths, labels, skipped)
+        else:
+            skipped.append((path, NOT_IN_A_CLASS_FOLDER))
     for label, name in enumerate(classes):
         class_dir = os.path.join(split_dir, name)
         if not tf.io.gfile.isdir(class_dir):
             continue
         for entry in sorted(tf.io.gfile.listdir(class_dir)):
             path = os.path.join(class_dir, entry.rstrip("/"))
-            if tf.io.gfile.isdir(path):
-                skipped.append((path, "a folder inside a class folder"))
-            elif not entry.lower().endswith(IMAGE_EXTENSIONS):
-                skipped.append((path, f"not an image file name ({', '.join(IMAGE_EXTENSIONS)})"))
-            elif image_format(_file_head(path)) is None:
-                skipped.append((path, "not a JPEG, PNG, GIF or BMP (its first bytes)"))
+            problem = "a folder inside a class folder" if tf.io.gfile.isdir(path) else _image_problem(path)
+            if problem:
+                skipped.append((path, problem))
             else:
                 paths.append(path)
                 labels.append(label)
@@ -126,6 +136,32 @@ def list_folder_split(data_dir, split):
         reasons = f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir!r}{reasons}; {LAYOUTS}")
     return FolderSplit(split_dir, tuple(paths), tuple(labels), tuple(skipped))
+
+
+def _image_problem(path):
+    """Why a file is no image to read (its name, its first bytes), or None."""
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return f"not an image file name ({', '.join(IMAGE_EXTENSIONS)})"
+    if image_format(_file_head(path)) is None:
+        return "not a JPEG, PNG, GIF or BMP (its first bytes)"
+    return None
+
+
+def _list_flat_image(path, flat, index, paths, labels, skipped):
+    """An image of a flat val/ folder, labelled by ImageNet's validation labels (`flat`:
+    ({image id: WordNet id}, their file)); else skipped with the reason."""
+    truth, source = flat
+    wnid = truth.get(imagenet.image_id(path))
+    problem = _image_problem(path)
+    if wnid is None:
+        skipped.append((path, f"not labelled by {source}"))
+    elif wnid not in index:
+        skipped.append((path, f"class {wnid} (from {source}), which train/ lacks"))
+    elif problem:
+        skipped.append((path, problem))
+    else:
+        paths.append(path)
+        labels.append(index[wnid])
 
 
 def has_own_validation(data_dir):
@@ -139,7 +175,8 @@ def has_split(data_dir, split, val_split=0.0):
     if val_fraction(val_split):
         return split in ("train", "validation")
     own = {"train": ("train",), "validation": FOLDER_NAMES["validation"], "test": ("test",)}[split]
-    return any(tf.io.gfile.isdir(os.path.join(data_dir, folder)) for folder in own)
+    root = imagenet.images_root(data_dir)
+    return any(tf.io.gfile.isdir(os.path.join(root, folder)) for folder in own)
 
 
 def folder_split(data_dir, split, val_split=0.0):
