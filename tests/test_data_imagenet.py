@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 import tensorflow as tf
-from data_writers import encode, solid
+from data_writers import encode, example, solid, write_shards
 
 import keras_resnet.data as data
 from keras_resnet.training import loop
@@ -194,3 +194,89 @@ def test_trains_and_evaluate_scores_each_val_image_under_its_true_class(kaggle_r
     }
     assert rows == {"tench": "1", "goldfish": "2", "great white shark": "3"}, done.stdout
     assert tf.io.gfile.exists(os.path.join(result.model_dir, "confusion_validation_center.png"))
+
+
+# ---------------------------------------------------------------- TFRecords checked
+
+
+def synset_example(image, label, synset=None):
+    """A tf.train.Example as TPU / Model Garden shards hold it: image/class/synset too."""
+    record = tf.train.Example.FromString(example(image, label))
+    if synset is not None:
+        record.features.feature["image/class/synset"].bytes_list.value.append(synset.encode())
+    return record.SerializeToString()
+
+
+def write_records(directory, labels_and_synsets, shards=2):
+    """train and validation shards of the three fish, each image its class's colour."""
+    os.makedirs(directory, exist_ok=True)
+    records = [synset_example(_jpeg(WNIDS[cls]), label, synset) for cls, label, synset in labels_and_synsets]
+    for split in ("train", "validation"):
+        write_shards(str(directory), split, records, shards)
+    return str(directory)
+
+
+# (true class, then label and synset as written) of six records.
+ZERO_BASED = [(cls, cls, WNIDS[cls]) for cls in (0, 1, 2, 2, 1, 2)]
+
+
+def test_the_summary_says_records_count_from_zero_and_counts_each_class(tmp_path):
+    lines = "\n".join(data.describe("imagenet", write_records(tmp_path, ZERO_BASED, shards=1)))
+    zero = "(labels counted from 0, as their image/class/synset say)"
+    assert f"  train, the first 6 records of its shards {zero}: tench 1, goldfish 2, great white shark 3" in lines
+
+
+@pytest.mark.slow
+def test_records_counted_from_zero_are_read_as_their_synsets_say_never_shifted(tmp_path):
+    data_dir = write_records(tmp_path, ZERO_BASED, shards=1)
+    input_fn = data.make_input_fn("imagenet", "validation", 6, training=False, data_dir=data_dir, image_size=32)
+    images, labels = next(iter(input_fn(None)))
+    assert labels.numpy().tolist() == [cls for cls, _, _ in ZERO_BASED]
+
+
+def test_labels_that_disagree_with_their_synsets_are_an_error_naming_the_records(tmp_path):
+    shuffled = [(cls, cls + 1, WNIDS[cls]) for cls in (0, 1, 2, 2, 1)] + [(2, 2, WNIDS[2])]
+    data_dir = write_records(tmp_path, shuffled, shards=1)
+    with pytest.raises(ValueError, match=r"validation-00000-of-00001 record 5: label 2 synset n01484850.*\+ 1"):
+        data.make_input_fn("imagenet", "validation", 6, training=False, data_dir=data_dir)
+
+
+@pytest.mark.parametrize(
+    "label, message",
+    [
+        (1001, r"outside 1..1000 \(1000 classes\): \S*train-00000-of-00001 record 2: label 1001$"),
+        (0, r"outside 1..1000 .*train-00000-of-00001 record 2: label 0 \(labels count from 1, as TensorFlow's"),
+    ],
+)
+def test_a_label_outside_the_classes_is_an_error_before_reading(tmp_path, label, message):
+    data_dir = write_records(tmp_path, [(0, 1, None), (1, 2, None), (2, label, None)], shards=1)
+    with pytest.raises(ValueError, match=message):
+        data.make_input_fn("imagenet", "train", 4, training=True, data_dir=data_dir)
+
+
+def test_a_head_of_fewer_classes_than_the_records_hold_is_refused(tmp_path, devkit_root):
+    data_dir = write_records(tmp_path, [(cls, cls + 1, WNIDS[cls]) for cls in (0, 1, 2)], shards=1)
+    data.check_head_classes("imagenet", data_dir, 3)
+    with pytest.raises(ValueError, match=r"classes=2 is too few for imagenet: .* label 3 synset n01484850"):
+        data.check_head_classes("imagenet", data_dir, 2)
+    with pytest.raises(ValueError, match=r"classes=2 is too few for imagenet, which holds 3 classes \(tench, gold"):
+        data.check_head_classes("imagenet", str(devkit_root), 2)
+
+
+@pytest.mark.slow
+def test_label_1001_on_the_1000_class_head_ends_the_trainer_in_one_line_before_training(tmp_path):
+    data_dir = write_records(tmp_path / "records", [(0, 1, None), (1, 1001, None)], shards=1)
+    done = subprocess.run(
+        [sys.executable, "train/imagenet.py", f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}"]
+        + ["--model=resnet20", "--image_size=32", "--batch_size=2", "--train_steps=1"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "outside 1..1000" in errors[0], done.stderr[-2000:]
+    assert errors[0].endswith("train-00000-of-00001 record 1: label 1001") and "Traceback" not in done.stderr
+    assert not tf.io.gfile.glob(str(tmp_path / "run" / "ckpt*"))

@@ -17,7 +17,8 @@ Where the files are (`data_dir`):
   (likewise cifar-100), else a TFDS data dir (None: TFDS's default).
 - imagenet: `detect_source(DIR)` picks TFRecord shards (train-00000-of-01024, ...,
   validation-...; image/encoded, image/class/label from 1), class folders
-  (train/<wnid>/*.JPEG, validation/ or val/), or a TFDS data dir (prepared, or
+  (train/<wnid>/*.JPEG, validation/ or val/; Kaggle's ILSVRC/Data/CLS-LOC with
+  LOC_val_solution.csv, or a flat val/ with the devkit: data/imagenet.py), or a TFDS data dir (prepared, or
   downloads/manual/ILSVRC2012_img_{train,val}.tar to prepare). "test" reads validation.
 - any other name with a DIR of class folders (train/<class>/<image>, optional validation/
   or val/ and test/; classes by sorted folder name) or TFRecord shards: read as such.
@@ -75,7 +76,9 @@ dataset_info(name, data_dir=None, val_split=False) -> DatasetInfo(name, source,
 pixel_mean(name, data_dir=None, val_split=False) -> float32 [H, W, 3] training-set mean
     image (streamed sets: the per-channel mean as [1, 1, 3]).
 describe(name, data_dir=None, val_split=False) -> lines: images per split and class, class
-    names, files skipped and why. eval_view(info, size) -> the centre view's resize and crop.
+    names, files skipped and why (TFRecords: records per class of the checked sample).
+check_head_classes(name, data_dir, classes, val_split=False): a ValueError where a head of
+    `classes` outputs cannot hold the data's labels (more class folders, TFRecord labels). eval_view(info, size) -> the centre view's resize and crop.
 check_decodable(name, split, data_dir): a ValueError where none of a split's first 64
     images decodes (make_input_fn calls it for streamed sets: no pipeline that waits forever).
 digits(split) -> Dataset of (uint8 [32, 32, 3], int32): 1,437 train / 360 test, fixed.
@@ -92,11 +95,16 @@ input_fn's pipelines; `.reset()` returns it and starts again, e.g. at each epoch
 end). Pass one `skip_counter=SkipCounter()` to several input_fns to add them up.
 A label outside [0, classes) is not skipped: it stops the pipeline with an error
 naming its file (TFRecords, checked as read) or a ValueError before reading (CIFAR).
+TFRecord labels are checked first on a bounded sample (the first records of every shard,
+4,096 in all; tfrecords.py): a label outside the 1,000 classes, or one that disagrees with
+the record's image/class/synset, is a ValueError naming the records before any training;
+records whose synsets show labels counted from 0 throughout are read as such (said in
+`describe()`).
 """
 
 from keras_resnet.data.arrays import cifar_name, digits, load_arrays
 from keras_resnet.data.catalog import LAYOUTS, DatasetInfo
-from keras_resnet.data.info import dataset_info, describe, pixel_mean, streamed_channel_mean
+from keras_resnet.data.info import check_head_classes, dataset_info, describe, pixel_mean, streamed_channel_mean
 from keras_resnet.data.pipeline import (
     check_decodable,
     eval_view,
@@ -112,6 +120,7 @@ __all__ = [
     "DatasetInfo",
     "SkipCounter",
     "check_decodable",
+    "check_head_classes",
     "cifar_name",
     "dataset_info",
     "describe",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet.data import arrays, imagenet, sources
+from keras_resnet.data import arrays, imagenet, sources, tfrecords
 from keras_resnet.data.arrays import CIFAR
 from keras_resnet.data.catalog import (
     IMAGENET,
@@ -16,7 +16,6 @@ from keras_resnet.data.catalog import (
     tfds_builder,
     val_fraction,
 )
-from keras_resnet.preprocessing import imagenet_classes
 
 IMAGENET_CLASSES = 1000
 # Per-channel RGB mean of ImageNet's training images (the caffe models' mean, as RGB).
@@ -41,7 +40,7 @@ def _files_info(name, data_dir, val_split):
         return _tfds_info(IMAGENET, data_dir)
     if kind == "tfrecord":
         counts = {split: _tfrecord_count(data_dir, split) for split in ("train", "validation")}
-        names = [wnid for wnid, _ in imagenet_classes()]
+        names = sources.imagenet_wnids()
     elif kind == "folders":
         names = sources.folder_classes(data_dir)
         counts = {}
@@ -175,6 +174,8 @@ def describe(name, data_dir=None, val_split=False, max_listed=10):
     lines = [f"data: {info.name}{where}, read as {info.source}; {info.num_classes} classes, " + _count_text(info)]
     if info.class_ids is not None and len(info.class_ids) <= 2 * max_listed:
         lines.append(f"  WordNet ids: {', '.join(f'{n} {i}' for n, i in zip(info.class_names, info.class_ids))}")
+    if info.source == "tfrecord":
+        lines += _tfrecord_lines(info, data_dir, max_listed)
     if info.source != "folders":
         if info.class_names is not None and len(info.class_names) <= 2 * max_listed:
             lines.append(f"  classes: {', '.join(map(str, info.class_names))}")
@@ -196,6 +197,47 @@ def describe(name, data_dir=None, val_split=False, max_listed=10):
         if len(skipped) > max_listed:
             lines.append(f"    ... and {len(skipped) - max_listed} more")
     return lines
+
+
+def _tfrecord_lines(info, data_dir, max_listed):
+    """Records per class of each split, from the bounded sample its labels are checked on."""
+    lines = []
+    for split, count in info.num_examples.items():
+        if not count:
+            continue
+        sample, first = sources.tfrecord_labels(data_dir, split)
+        counts = tfrecords.class_counts(sample, first, info.num_classes)
+        seen = np.flatnonzero(counts)
+        origin = " (labels counted from 0, as their image/class/synset say)" if first == 0 else ""
+        head = f"  {split}, the first {len(sample.labels):,} records of its shards{origin}: "
+        if len(seen) <= 2 * max_listed:
+            lines.append(head + ", ".join(f"{info.class_names[i]} {counts[i]}" for i in seen))
+        else:
+            fewest, most = seen[np.argmin(counts[seen])], seen[np.argmax(counts[seen])]
+            lines.append(
+                head + f"{len(seen)} of {info.num_classes} classes, from {counts[fewest]} ({info.class_names[fewest]}) "
+                f"to {counts[most]} ({info.class_names[most]}) records each"
+            )
+    return lines
+
+
+def check_head_classes(name, data_dir, classes, val_split=False):
+    """A ValueError before training where a head of `classes` outputs cannot hold every
+    label of the data: class folders with more classes, TFRecord labels (sampled) beyond it."""
+    info = dataset_info(name, data_dir, val_split)
+    if info.source == "tfrecord":
+        for split, count in info.num_examples.items():
+            if count:
+                try:
+                    sources.tfrecord_labels(data_dir, split, classes)
+                except ValueError as error:
+                    raise ValueError(f"classes={classes} is too few for {name}: {error}") from None
+    elif classes < info.num_classes:
+        raise ValueError(
+            f"classes={classes} is too few for {name}, which holds {info.num_classes} classes "
+            f"({', '.join(map(str, (info.class_names or [])[:5]))}, ...): drop --classes, or keep only "
+            f"the class folders to train in a data dir of their own"
+        )
 
 
 def _count_text(info):

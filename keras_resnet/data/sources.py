@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet.data import imagenet
+from keras_resnet.data import imagenet, tfrecords
 from keras_resnet.data.arrays import CIFAR, cifar_locate, held_out
 from keras_resnet.data.catalog import (
     IMAGE_EXTENSIONS,
@@ -241,11 +241,28 @@ def shard_list(items, context):
     return [column[context.input_pipeline_id :: context.num_input_pipelines] for column in items]
 
 
-def _parse_tfrecord(record, label_hint):
-    """(image/encoded, image/class/label - 1) of a tf.train.Example; the hint is unused."""
+def _parse_tfrecord(record, label_hint, first_label=tfrecords.STANDARD_FIRST_LABEL):
+    """(image/encoded, image/class/label - first_label) of a tf.train.Example; the hint is unused."""
     del label_hint
     features = tf.io.parse_single_example(record, TFRECORD_FEATURES)
-    return features["image/encoded"], tf.cast(features["image/class/label"] - 1, tf.int32)
+    return features["image/encoded"], tf.cast(features["image/class/label"] - first_label, tf.int32)
+
+
+def imagenet_wnids():
+    """ImageNet's WordNet ids in output order (sorted): the classes of TFRecord shards."""
+    from keras_resnet.preprocessing import imagenet_classes
+
+    return [wnid for wnid, _ in imagenet_classes()]
+
+
+def tfrecord_labels(data_dir, split, classes=None):
+    """(LabelSample, the label of class 0) of a split's shards, checked: labels against their
+    synsets, and every label inside the `classes` of the head (default ImageNet's 1,000)."""
+    wnids = imagenet_wnids()
+    sample = tfrecords.label_sample(tuple(tfrecord_files(data_dir, split)))
+    first = tfrecords.first_label(sample, wnids)
+    tfrecords.check_labels(sample, first, classes or len(wnids))
+    return sample, first
 
 
 def _read_file(path, label):
@@ -275,7 +292,7 @@ def tfrecord_examples(data_dir, split, context, training, seed, deterministic):
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
-    return records, _parse_tfrecord
+    return records, functools.partial(_parse_tfrecord, first_label=tfrecord_labels(data_dir, split)[1])
 
 
 def folder_examples(data_dir, split, context, training, seed, val_split=0.0):
@@ -323,6 +340,8 @@ def check_split_files(name, split, data_dir, val_split=0.0):
         )
     if kind == "tfrecord" and not tfrecord_files(data_dir, split):
         raise ValueError(f"no {TFRECORD_PREFIX[split]}-*-of-* shards in {data_dir!r}; {LAYOUTS}")
+    if kind == "tfrecord":
+        tfrecord_labels(data_dir, split)
     if kind == "folders":
         folder_files(data_dir, split, val_split)
     if kind == "tfds":

@@ -147,6 +147,8 @@ def make_inputs(config, report=print):
 
     dataset = dataset_name(config)
     info = data.dataset_info(dataset, config.data_dir, val_split=config.val_split)
+    if config.classes is not None and config.data_dir:
+        data.check_head_classes(dataset, config.data_dir, config.classes, val_split=config.val_split)
     held_out = held_out_files(config.data_dir, config.val_split)
     check_held_out(config.model_dir, held_out)
     lines = data.describe(dataset, config.data_dir, val_split=config.val_split)
