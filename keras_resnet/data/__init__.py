@@ -23,7 +23,10 @@ Where the files are (`data_dir`):
 - any other name with a DIR of class folders (train/<class>/<image>, optional validation/
   or val/ and test/; classes by sorted folder name) or TFRecord shards: read as such.
   Listing skips, with a reason, files without an image extension, files whose first bytes
-  are no JPEG/PNG/GIF/BMP and files outside class folders; `describe()` says so.
+  are no JPEG/PNG/GIF/BMP and files outside class folders; `describe()` says so. Training
+  refuses a single class folder and a class left without a training image (an empty folder,
+  or one val_split empties): folder_checks.py. EXIF orientation is ignored (pixels as
+  stored, as TensorFlow decodes them); `describe()` counts the rotated files of a sample.
 - other TFDS names: a TFDS data dir (None: TFDS's default).
 
 make_input_fn(name, split, global_batch_size, *, training, data_dir=None,

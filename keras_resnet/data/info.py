@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet.data import arrays, imagenet, sources, tfrecords
+from keras_resnet.data import arrays, folder_checks, imagenet, sources, tfrecords
 from keras_resnet.data.arrays import CIFAR
 from keras_resnet.data.catalog import (
     IMAGENET,
@@ -187,6 +187,7 @@ def describe(name, data_dir=None, val_split=False, max_listed=10):
         held = f" ({fraction:g} of train/ held out, stratified)" if fraction and split == "validation" else ""
         lines.append(f"  {split}{held}: {_class_counts(found.labels, info.class_names)}")
         skipped += [item for item in found.skipped if item not in skipped]
+    lines.append(folder_checks.exif_line(sources.folder_split(data_dir, "train", val_split).paths))
     if "validation" not in info.num_examples:
         lines.append(
             "  no validation folder: pass val_split (--val_split 0.1) to hold out part of train/ for evaluation"

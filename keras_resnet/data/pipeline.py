@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet.data import arrays, catalog, sources, views
+from keras_resnet.data import arrays, catalog, folder_checks, sources, views
 from keras_resnet.data.info import dataset_info, pixel_mean
 from keras_resnet.data.skips import SkipCounter, batch_skipping_errors
 from keras_resnet.preprocessing import MODES, preprocess_input
@@ -273,6 +273,8 @@ def make_input_fn(
     name = catalog.canonical_name(name)
     info = dataset_info(name, data_dir, val_split)
     _check_split(info, split, data_dir, val_split, view)
+    if training and info.source == "folders":
+        folder_checks.check_training_classes(data_dir, val_split)
     if not info.small:
         check_decodable(info.name, split, data_dir, val_split)
     size = image_size or info.image_size
