@@ -180,22 +180,6 @@ def error_table(rows):
     return "\n".join(lines)
 
 
-def per_class_table(confusion, class_names=None):
-    """Per-class accuracy (correct / images of the class) and the confusion matrix, as text."""
-    names = [str(n) for n in (class_names or range(len(confusion)))]
-    width = max(8, *(len(n) + 2 for n in names))
-    totals = confusion.sum(axis=1)
-    lines = [f"{'class':<{width}}{'accuracy':>10}{'images':>8}"]
-    for i, name in enumerate(names):
-        accuracy = f"{100 * confusion[i, i] / totals[i]:.2f}%" if totals[i] else "-"
-        lines.append(f"{name:<{width}}{accuracy:>10}{totals[i]:>8}")
-    if len(names) <= 20:
-        lines.append("confusion (rows: true class, columns: predicted):")
-        lines.append(" " * width + "".join(f"{n[: width - 1]:>{width}}" for n in names))
-        lines += [f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row) for name, row in zip(names, confusion)]
-    return "\n".join(lines)
-
-
 def save_confusion_png(confusion, path, class_names=None, title="confusion matrix"):
     """The confusion matrix as a PNG (rows true, columns predicted; each row as a fraction of
     its class, the count written in each cell up to 30 classes); needs matplotlib."""

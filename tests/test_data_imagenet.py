@@ -6,6 +6,7 @@ output order of keras.applications' weights); both layouts train and evaluate.""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -186,12 +187,10 @@ def test_trains_and_evaluate_scores_each_val_image_under_its_true_class(kaggle_r
         timeout=300,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    rows = {
-        line[: len(name)]: line.split()[-1]
-        for line in done.stdout.splitlines()
-        for name in NAMES
-        if line.startswith(name)
-    }
+    per_class = [
+        re.match(rf"^({name})\s+[\d.]+%\s+(\d+)$", line) for line in done.stdout.splitlines() for name in NAMES
+    ]
+    rows = dict(match.groups() for match in per_class if match)
     assert rows == {"tench": "1", "goldfish": "2", "great white shark": "3"}, done.stdout
     assert tf.io.gfile.exists(os.path.join(result.model_dir, "confusion_validation_center.png"))
 

@@ -51,6 +51,7 @@ FLAGS = flags.FLAGS
 
 def run():
     from keras_resnet import evaluation
+    from keras_resnet.training import analysis
 
     if (FLAGS.model_dir is None) == (FLAGS.weights is None):
         raise ValueError("give exactly one of --model_dir and --weights")
@@ -78,11 +79,13 @@ def run():
         confusions.append((view, metrics["confusion"]))
     for view, confusion in confusions:
         print(f"{dataset} {split}, {evaluation.VIEW_TITLES[view]}, per class:")
-        print(evaluation.per_class_table(confusion, classifier.class_names))
-        if FLAGS.model_dir:
+        print(analysis.class_report(confusion, classifier.class_names))
+        readable = analysis.readable_confusion(confusion, classifier.class_names)
+        if FLAGS.model_dir and readable is not None:
             path = os.path.join(FLAGS.model_dir, f"confusion_{split}_{view}.png")
             title = f"{dataset} {split}, {evaluation.VIEW_TITLES[view]}"
-            evaluation.save_confusion_png(confusion, path, classifier.class_names, title)
+            matrix, names = readable
+            evaluation.save_confusion_png(matrix, path, names, title)
             print(f"confusion matrix: {path}")
     print(f"{dataset} {split}:")
     print(evaluation.error_table(rows))

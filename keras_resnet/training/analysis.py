@@ -450,3 +450,85 @@ def save_figure_and_table(figure, path, table, table_path=None):
     if table_path:
         atomic_write_bytes(table_path, table.encode())
     print(f"wrote {path}" + (f" and {table_path}" if table_path else ""))
+
+
+# ---------------------------------------------------------------- an evaluation's classes
+
+# Above this many classes with images, the per-class table gives the worst and best only.
+COMPACT_ABOVE = 50
+LISTED_CLASSES = 10
+# Largest confusion matrix drawn as text, and as a PNG with readable labels.
+TEXT_MATRIX_MAX = 20
+PNG_MATRIX_MAX = 60
+
+
+def _class_names(confusion, class_names):
+    return [str(n) for n in (class_names if class_names is not None else range(len(confusion)))]
+
+
+def present_classes(confusion):
+    """Indices of the classes that have images or receive predictions: the only rows and
+    columns of a confusion matrix with anything to say (a 3-class subset under a
+    1,000-class head has at most a few dozen)."""
+    return np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
+
+
+def _table(confusion, names, rows, width):
+    totals = confusion.sum(axis=1)
+    lines = [f"{'class':<{width}}{'accuracy':>10}{'images':>8}"]
+    for i in rows:
+        lines.append(f"{names[i]:<{width}}{f'{100 * confusion[i, i] / totals[i]:.2f}%':>10}{totals[i]:>8}")
+    return lines
+
+
+def top_confusions(confusion, count=LISTED_CLASSES):
+    """(true, predicted, images) of the largest off-diagonal cells, largest first (ties by index)."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    cells = np.flatnonzero(off)
+    order = cells[np.lexsort((cells, -off.ravel()[cells]))][:count]
+    return [(int(k // len(off)), int(k % len(off)), int(off.ravel()[k])) for k in order]
+
+
+def class_report(confusion, class_names=None):
+    """An evaluation per class, as text that stays short: per-class accuracy of the classes
+    with images (all of them up to COMPACT_ABOVE, else the LISTED_CLASSES worst and best),
+    the largest confusions, and the confusion matrix over the classes present where it fits
+    (TEXT_MATRIX_MAX). Classes without images are counted, not listed."""
+    confusion = np.asarray(confusion)
+    names = _class_names(confusion, class_names)
+    totals = confusion.sum(axis=1)
+    rows = np.flatnonzero(totals)
+    width = max(8, *(len(names[i]) + 2 for i in rows)) if len(rows) else 8
+    lines = []
+    if len(rows) < len(confusion):
+        lines.append(f"{len(rows)} of the {len(confusion)} classes have images; the others are left out")
+    if len(rows) <= COMPACT_ABOVE:
+        lines += _table(confusion, names, rows, width)
+    else:
+        accuracy = confusion[rows, rows] / totals[rows]
+        order = rows[np.lexsort((rows, accuracy))]
+        lines += [f"the {LISTED_CLASSES} worst of {len(rows)} classes:"]
+        lines += _table(confusion, names, order[:LISTED_CLASSES], width)
+        lines += [f"the {LISTED_CLASSES} best:"]
+        lines += _table(confusion, names, order[::-1][:LISTED_CLASSES], width)
+    confused = top_confusions(confusion)
+    if confused:
+        lines.append("most confused (true -> predicted: images, share of the true class):")
+        lines += [f"  {names[t]} -> {names[p]}: {n} ({100 * n / totals[t]:.1f}%)" for t, p, n in confused]
+    shown = present_classes(confusion)
+    if len(shown) <= TEXT_MATRIX_MAX:
+        lines.append("confusion (rows: true class, columns: predicted):")
+        lines.append(" " * width + "".join(f"{names[j][: width - 1]:>{width}}" for j in shown))
+        lines += [f"{names[i]:<{width}}" + "".join(f"{confusion[i, j]:>{width}}" for j in shown) for i in shown]
+    return "\n".join(lines)
+
+
+def readable_confusion(confusion, class_names=None, limit=PNG_MATRIX_MAX):
+    """(matrix, names) over the classes present, where at most `limit` are (a figure whose
+    rows can still be read), else None."""
+    shown = present_classes(np.asarray(confusion))
+    if len(shown) > limit:
+        return None
+    names = _class_names(confusion, class_names)
+    return np.asarray(confusion)[np.ix_(shown, shown)], [names[i] for i in shown]
