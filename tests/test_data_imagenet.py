@@ -52,6 +52,8 @@ def write_kaggle(root):
     """Kaggle's download: root/ILSVRC/Data/CLS-LOC/{train,val}, root/LOC_val_solution.csv
     (rows out of order; each PredictionString one or two boxes of the image's class)."""
     _write_train_and_val(root / "ILSVRC" / "Data" / "CLS-LOC")
+    os.makedirs(root / "ILSVRC" / "Data" / "CLS-LOC" / "test")  # flat, unlabelled: not read
+    (root / "ILSVRC" / "Data" / "CLS-LOC" / "test" / "ILSVRC2012_test_00000001.JPEG").write_bytes(_jpeg(WNIDS[0]))
     rows = [
         f"ILSVRC2012_val_{number:08d},{wnid} 10 12 30 33 " + (f"{wnid} 1 2 20 21 " if number % 2 else "")
         for number, wnid in enumerate(VAL_TRUTH, start=1)

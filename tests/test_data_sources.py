@@ -432,3 +432,12 @@ def test_damaged_cifar_batches_load_or_give_one_line_naming_the_file(tmp_path):
             assert read.shape == (50, 32, 32, 3) and read.dtype == np.uint8 and labels.max() < 10
             outcomes["read"] += 1
     assert outcomes["refused"] > 200 and outcomes["read"] > 10, outcomes
+
+
+def test_class_folders_with_a_test_folder_are_not_taken_for_cifar_100s_test_batch(tmp_path):
+    for split in ("train", "test"):
+        for name in ("cats", "dogs"):
+            os.makedirs(tmp_path / split / name)
+            (tmp_path / split / name / "0.png").write_bytes(encode(solid(8, 8, (1, 2, 3)), "PNG"))
+    assert data.detect_source(str(tmp_path)) == "folders"
+    assert data.dataset_info("pets", str(tmp_path)).num_examples == {"train": 2, "test": 2}

@@ -76,7 +76,8 @@ def cifar_locate(name, data_dir):
         if candidate.endswith(".tar.gz") and tf.io.gfile.exists(candidate) and not tf.io.gfile.isdir(candidate):
             return "tar", candidate
     for candidate in (data_dir, os.path.join(data_dir, dir_name)):
-        if tf.io.gfile.exists(os.path.join(candidate, CIFAR_FILES[name]["test"][0])):
+        batch = os.path.join(candidate, CIFAR_FILES[name]["test"][0])  # CIFAR-100's is "test": not a test/ folder
+        if tf.io.gfile.exists(batch) and not tf.io.gfile.isdir(batch):
             return "dir", candidate
     return None
 

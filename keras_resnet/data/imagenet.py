@@ -123,10 +123,12 @@ def image_id(path):
 def wordnet_names(class_ids):
     """Human class names ("tench") for WordNet-id classes, from the class list the package
     ships; None where any class is not one of ImageNet's WordNet ids."""
+    if not class_ids or not all(WNID.match(str(wnid)) for wnid in class_ids):
+        return None
     from keras_resnet.preprocessing import imagenet_classes
     from keras_resnet.weights import imagenet_class_names
 
     names = dict(zip((wnid for wnid, _ in imagenet_classes()), imagenet_class_names()))
-    if not class_ids or any(wnid not in names for wnid in class_ids):
+    if any(wnid not in names for wnid in class_ids):
         return None
     return [names[wnid] for wnid in class_ids]

@@ -51,9 +51,17 @@ def tfrecord_files(data_dir, split):
     return sorted(tf.io.gfile.glob(pattern))
 
 
+def _split_folders(data_dir, split, names):
+    """The folders of `names` a split may read: ImageNet's test/ (Kaggle's, the tarball's) is
+    flat and unlabelled, so where ImageNet's val labels are found, test reads val/."""
+    if split == "test" and imagenet.flat_val_labels(data_dir) is not None:
+        return tuple(name for name in names if name != "test")
+    return names
+
+
 def folder_split_dir(data_dir, split):
     root = imagenet.images_root(data_dir)
-    for folder in FOLDER_NAMES[split]:
+    for folder in _split_folders(data_dir, split, FOLDER_NAMES[split]):
         path = os.path.join(root, folder)
         if tf.io.gfile.isdir(path):
             return path
@@ -175,6 +183,7 @@ def has_split(data_dir, split, val_split=0.0):
     if val_fraction(val_split):
         return split in ("train", "validation")
     own = {"train": ("train",), "validation": FOLDER_NAMES["validation"], "test": ("test",)}[split]
+    own = _split_folders(data_dir, split, own)
     root = imagenet.images_root(data_dir)
     return any(tf.io.gfile.isdir(os.path.join(root, folder)) for folder in own)
 
