@@ -11,12 +11,13 @@ import dataclasses
 import math
 import os
 
+from keras_resnet.preprocessing import MODES
+
 FAMILIES = ("cifar", "imagenet")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("steps", "plateau", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
-PREPROCESS_MODES = ("pixel_mean", "caffe", "torch", "tf")
 
 
 def _field(default, help, choices=None):
@@ -171,8 +172,9 @@ class TrainConfig:
         None,
         "Input preprocessing: pixel_mean (the training set's mean: per pixel for in-memory sets, sections "
         "3.4/4.2; ImageNet's per-channel mean; for other sets the per-channel mean of their training images, "
-        "computed once and kept in the run dir), caffe, torch, tf; None: what --init_weights expect, else pixel_mean.",
-        (None,) + PREPROCESS_MODES,
+        "computed once and kept in the run dir), caffe, torch, tf, unit (x / 255), none (the model scales 0..255 "
+        "itself); None: what --init_weights expect, else pixel_mean.",
+        (None,) + MODES,
     )
     image_size: int | None = _field(
         None, "Training and eval crop size; None: the data set's (32 for CIFAR-10 and digits, 224 for ImageNet)."
