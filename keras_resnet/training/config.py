@@ -15,6 +15,7 @@ from keras_resnet.preprocessing import MODES
 
 FAMILIES = ("cifar", "imagenet")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+CLUSTER_RESOLVERS = ("tf_config", "slurm")
 DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("steps", "plateau", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
@@ -138,8 +139,14 @@ class TrainConfig:
     strategy: str = _field(
         "default",
         "tf.distribute strategy: default, one_device, mirrored (all local GPUs, or all logical CPUs), multi_worker "
-        "(reads TF_CONFIG), tpu (--tpu).",
+        "(its cluster from TF_CONFIG or Slurm, see --cluster_resolver), tpu (--tpu).",
         STRATEGIES,
+    )
+    cluster_resolver: str | None = _field(
+        None,
+        "Where multi_worker finds its cluster: tf_config (TF_CONFIG, as Kubeflow's TFJob sets it), slurm (the "
+        "Slurm step's environment, through TensorFlow's SlurmClusterResolver); None: TF_CONFIG where set, else Slurm's.",
+        (None,) + CLUSTER_RESOLVERS,
     )
     tpu: str | None = _field(None, "TPU name or grpc:// address for --strategy=tpu ('' or 'local' for a TPU VM).")
     dtype: str = _field(

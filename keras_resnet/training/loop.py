@@ -579,7 +579,7 @@ def train(config, inputs=None, model_fn=None):
     datasets when called.
     """
     config_lib.validate(config)
-    strategy = strategy_lib.make_strategy(config.strategy, tpu=config.tpu)
+    strategy = strategy_lib.make_strategy(config.strategy, tpu=config.tpu, cluster_resolver=config.cluster_resolver)
     strategy_lib.check_batch_size(config.batch_size, strategy)
     lock, notes = None, []
     if strategy_lib.is_chief(strategy):
