@@ -200,6 +200,7 @@ def test_multi_worker_with_two_processes_equals_default(reference):
     codes, outputs = run_workers(root, "multi_worker", envs)
     assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "2 replica(s) (multi_worker)" in outputs[0]
+    assert f"cluster from TF_CONFIG: worker 1 of 2 ({workers[1]}), trains alongside" in outputs[1]
     assert_same_weights(run_weights(root, "multi_worker"), run_weights(root, "default_in_order"), 1e-5)
     assert os.listdir(root / "multi_worker" / "checkpoints")  # the chief's copy; the other worker's was scratch
 
@@ -225,6 +226,9 @@ def test_multi_worker_under_slurm_equals_default(reference):
     codes, outputs = run_workers(root, "slurm", [slurm_env(i, f"{port}-{port + 1}") for i in range(2)])
     assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "2 replica(s) (multi_worker)" in outputs[0]
+    for index, output in enumerate(outputs):
+        role = "writes the run dir" if index == 0 else "trains alongside; the chief writes the run dir"
+        assert f"cluster from Slurm: worker {index} of 2 (localhost:{port + index}), {role}" in output
     assert_same_weights(run_weights(root, "slurm"), run_weights(root, "default_in_order"), 1e-5)
     assert os.listdir(root / "slurm" / "checkpoints")
 

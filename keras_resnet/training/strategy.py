@@ -171,6 +171,23 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
+def cluster_notes(strategy):
+    """What a multi_worker process says of itself at start: which worker it is, at which
+    address, where its cluster came from, and who writes the run dir; nothing otherwise."""
+    import tensorflow as tf
+
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return []
+    tasks = resolver.cluster_spec().as_dict()[resolver.task_type]
+    source = "TF_CONFIG" if isinstance(resolver, tf.distribute.cluster_resolver.TFConfigClusterResolver) else "Slurm"
+    role = "writes the run dir" if is_chief(strategy) else "trains alongside; the chief writes the run dir"
+    return [
+        f"cluster from {source}: {resolver.task_type} {resolver.task_id} of {len(tasks)} "
+        f"({tasks[resolver.task_id]}), {role}"
+    ]
+
+
 def checkpoint_dir(directory, strategy):
     """Where this process writes checkpoints: `directory` for the chief, a scratch dir else.
 
