@@ -13,7 +13,8 @@ import json
 
 import numpy as np
 
-MODES = ("caffe", "torch", "tf", "pixel_mean")
+# The one list of preprocessing modes: every flag, record and exporter checks against it.
+MODES = ("caffe", "torch", "tf", "pixel_mean", "unit", "none")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
@@ -32,9 +33,15 @@ def preprocess_input(x, mode="caffe", mean=None):
 
     caffe: RGB -> BGR, ImageNet channel mean subtracted (the paper's released models,
     keras.applications.resnet); torch: 0..1, then ImageNet mean/std (torchvision);
-    tf: -1..1; pixel_mean: the training set's mean image subtracted (sections 3.4, 4.2).
+    tf: -1..1; pixel_mean: the training set's mean image subtracted (sections 3.4, 4.2);
+    unit: x / 255, 0..1 (Keras `fit` on `x / 255`); none: x as given, for a model that
+    scales its input itself (a `Rescaling` layer).
     """
     check_mode(mode, mean)
+    if mode == "none":
+        return x
+    if mode == "unit":
+        return x / 255.0
     if mode == "caffe":
         return x[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, dtype="float32")
     if mode == "torch":
@@ -50,6 +57,10 @@ def channel_affine(mode, mean=None):
     for pixel_mean), so an exporter can fold the first two into the first conv's kernel."""
     check_mode(mode, mean)
     identity = np.arange(3)
+    if mode == "none":
+        return identity, np.ones(3, "float32"), np.zeros(3, "float32")
+    if mode == "unit":
+        return identity, np.full(3, 1.0 / 255.0, "float32"), np.zeros(3, "float32")
     if mode == "caffe":
         return identity[::-1], np.ones(3, "float32"), -np.asarray(CAFFE_MEAN_BGR, dtype="float32")
     if mode == "torch":

@@ -28,6 +28,21 @@ KERAS_RECIPE = (
 )
 
 
+# keras.applications' ResNet v1 files as keras.applications publishes them (its resnet.py's
+# BASE_WEIGHTS_PATH and WEIGHTS_HASHES, which Keras exports no public name for): depth ->
+# md5 of the file with the classifier, md5 of the file without (`_notop`).
+KERAS_FILE_HASHES = {
+    50: ("2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"),
+    101: ("f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21"),
+    152: ("100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c"),
+}
+
+
+def keras_file_name(depth, include_top):
+    """The published file name of keras.applications' ResNet-`depth` (its cache name too)."""
+    return f"resnet{depth}_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
+
+
 @dataclasses.dataclass(frozen=True)
 class PublishedWeights:
     """One published set of ImageNet weights and its publisher's figures."""
@@ -55,7 +70,7 @@ def _keras(depth, top1, top5):
         f"keras.applications/resnet{depth}",
         depth,
         "keras.applications",
-        f"{KERAS_ORIGIN}resnet{depth}_weights_tf_dim_ordering_tf_kernels.h5",
+        KERAS_ORIGIN + keras_file_name(depth, include_top=True),
         "caffe",
         "1x1",
         1.001e-5,

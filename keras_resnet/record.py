@@ -9,7 +9,7 @@ of every export (a SavedModel's assets.extra/keras_resnet.json, ONNX metadata_pr
      "architecture": {"block", "blocks_per_stage", "widths", "stem", "residual", "shortcut",
                       "stride_in", "bn_epsilon", "bn_momentum", "include_top", "pooling",
                       "classes", "classifier_activation", "input_shape"},
-     "preprocessing": {"mode": "caffe" | "torch" | "tf" | "pixel_mean" | null,
+     "preprocessing": {"mode": "caffe" | "torch" | "tf" | "pixel_mean" | "unit" | "none" | null,
                        "mean": null | the mean image (HxWx3) or 3 channel means},
      "class_names": null | ["tench", ...],
      "eval_view": {"resize": shorter side before the crop (null: none), "crop": side},
@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from keras_resnet import specs
-from keras_resnet.preprocessing import check_mode
+from keras_resnet.preprocessing import MODES, check_mode
 
 FORMAT_VERSION = 2
 # Builder arguments the weights fix: a different value gives different outputs.
@@ -185,8 +185,8 @@ def check_preprocessing(record, preprocess_mode=None, mean=None, where="the weig
     if recorded is None:
         if preprocess_mode is None:
             raise ValueError(
-                f"{where} record no preprocessing: give the mode the weights expect (one of caffe, torch, tf, "
-                "pixel_mean; pixel_mean with its mean)"
+                f"{where} record no preprocessing: give the mode the weights expect (one of {', '.join(MODES)}; "
+                "pixel_mean with its mean)"
             )
         check_mode(preprocess_mode, mean)
         return preprocess_mode, None if mean is None else np.asarray(mean, dtype="float32")

@@ -32,7 +32,9 @@ downloading; `KERAS_HOME` is read at call time. Tests and mirrors may replace ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -40,16 +42,6 @@ import tempfile
 import h5py
 import keras
 import numpy as np
-
-# Keras internals, each where Keras exports nothing public: keras.applications' weight file
-# URLs and hashes (read, not copied, so they stay Keras' own); the cache directory that
-# keras.utils.get_file uses ($KERAS_HOME); the reader of the legacy .h5 format's chunked
-# attribute lists, which keras.applications' files are written in; the hash check get_file
-# applies (hashlib would do as a public alternative).
-from keras.src.applications.resnet import BASE_WEIGHTS_PATH, WEIGHTS_HASHES
-from keras.src.backend.config import keras_home
-from keras.src.legacy.saving.legacy_h5_format import load_attributes_from_hdf5_group
-from keras.src.utils.file_utils import hash_file
 
 from keras_resnet import published, specs
 from keras_resnet.preprocessing import imagenet_classes
@@ -76,12 +68,12 @@ class PublishedFile:
 
 
 def _published_files():
-    """(depth, include_top) -> PublishedFile, from keras.applications' own constants."""
+    """(depth, include_top) -> PublishedFile, from the `published` table of keras.applications' files."""
     files = {}
     for depth in PUBLISHED_DEPTHS:
-        for include_top, file_hash in zip((True, False), WEIGHTS_HASHES[f"resnet{depth}"]):
-            fname = f"resnet{depth}_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
-            files[(depth, include_top)] = PublishedFile(fname, BASE_WEIGHTS_PATH + fname, file_hash)
+        for include_top, file_hash in zip((True, False), published.KERAS_FILE_HASHES[depth]):
+            fname = published.keras_file_name(depth, include_top)
+            files[(depth, include_top)] = PublishedFile(fname, published.KERAS_ORIGIN + fname, file_hash)
     return files
 
 
@@ -207,9 +199,22 @@ def _check_fits(weights, record, spec, residual, given):
 
 
 def cache_dir():
-    """Where get_file keeps downloads: $KERAS_HOME read now (Keras reads it once, at import),
-    else Keras' own home (~/.keras)."""
-    return os.environ.get("KERAS_HOME") or keras_home()
+    """Where get_file keeps downloads, by Keras' documented rule read now (Keras reads it once,
+    at import): $KERAS_HOME, else ~/.keras; get_file's own fallback, a .keras in the temporary
+    directory, where that cannot be written."""
+    home = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+    with contextlib.suppress(OSError):
+        os.makedirs(home, exist_ok=True)
+    return home if os.access(home, os.W_OK) else os.path.join(tempfile.gettempdir(), ".keras")
+
+
+def file_hash(path, algorithm):
+    """The hex digest of the file at `path` ("md5" or "sha256"), read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fetch_imagenet(depth, include_top):
@@ -222,7 +227,7 @@ def fetch_imagenet(depth, include_top):
     path = os.path.join(cache_dir(), "models", entry.fname)
     if os.path.exists(path):
         algorithm = "sha256" if len(entry.file_hash) == 64 else "md5"
-        actual = hash_file(path, algorithm=algorithm)
+        actual = file_hash(path, algorithm)
         if actual != entry.file_hash:
             raise FileNotFoundError(_placement(entry, path, f"{path} has {algorithm} {actual}, not the published one"))
     elif os.environ.get(OFFLINE_ENV):
@@ -381,15 +386,27 @@ def _read_keras_applications(path):
     """(layer names, ported arrays) of a legacy Keras h5 file as keras.applications writes it."""
     with h5py.File(path, "r") as f:
         group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
-        if "layer_names" not in group.attrs:
+        names = h5_list_attribute(group, "layer_names")
+        if not names:
             raise ValueError(f"weights={path!r} is not a legacy Keras h5 weights file (no layer_names)")
-        names = load_attributes_from_hdf5_group(group, "layer_names")
         layers = {}
         for name in names:
-            weight_names = load_attributes_from_hdf5_group(group[name], "weight_names")
+            weight_names = h5_list_attribute(group[name], "weight_names")
             if weight_names:
                 layers[name] = {_variable_name(w): np.asarray(group[name][w]) for w in weight_names}
     return names, port_keras_applications(layers)
+
+
+def h5_list_attribute(group, name):
+    """A list of names stored as an attribute of a legacy Keras h5 group, as str. Keras splits a
+    list longer than HDF5's 64 KiB attribute limit into attributes name0, name1, ..."""
+    if name in group.attrs:
+        chunks = [group.attrs[name]]
+    else:
+        chunks = []
+        while f"{name}{len(chunks)}" in group.attrs:
+            chunks.append(group.attrs[f"{name}{len(chunks)}"])
+    return [value.decode("utf8") if isinstance(value, bytes) else str(value) for chunk in chunks for value in chunk]
 
 
 def _variable_name(weight_name):

@@ -364,7 +364,7 @@ def train_tiny(model_dir, mode):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["caffe", "torch", "tf", "pixel_mean"])
+@pytest.mark.parametrize("mode", ["caffe", "torch", "tf", "pixel_mean", "unit", "none"])
 def test_a_trained_run_exports_with_its_mode_and_no_flag(mode, tmp_path, rel_diff):
     """From the run dir and from its .keras file, with no flag: the export serves the run's
     preprocessing (the SavedModel is written and served from the .keras file for every mode,

@@ -1,6 +1,7 @@
 """Distribution is correct, not just running: the same global batches give the same weights
 under the default strategy, under `mirrored` over two logical CPU devices, and under
-`multi_worker` with two local worker processes (TF_CONFIG on loopback).
+`multi_worker` with two local worker processes (TF_CONFIG on loopback, or only the
+environment a Slurm step gives its tasks).
 
 The net for this check is BN-free (a small CNN given as `model_fn`): with BatchNormalization
 each replica normalises by its own batch's statistics (the paper's setting), so a replica
@@ -11,6 +12,7 @@ as E[x^2] - E[x]^2, whose rounding differs with the partial sums of each strateg
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,6 +22,13 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TF_CONFIG_TWO = json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}})
+SLURM_STEP = {
+    "SLURM_PROCID": "1",
+    "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_STEP_NODELIST": "node[1-2]",
+    "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+}
 STEPS = 8
 TIMEOUT = 240
 
@@ -78,11 +87,12 @@ REFERENCE = COMMON + textwrap.dedent(
     """
 )
 
+# argv: root dir, run name, this worker's index (worker 0 saves the weights).
 WORKER = COMMON + textwrap.dedent(
     """
-    result = loop.train(config("multi_worker", strategy="multi_worker"), in_order_inputs(), bn_free_cnn)
-    if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 0:
-        save_weights(result, "multi_worker")
+    result = loop.train(config(sys.argv[2], strategy="multi_worker"), in_order_inputs(), bn_free_cnn)
+    if sys.argv[3] == "0":
+        save_weights(result, sys.argv[2])
     """
 )
 
@@ -99,6 +109,42 @@ def free_ports(n):
     for s in sockets:
         s.close()
     return ports
+
+
+def free_port_pair():
+    """A free port whose successor is free too: a Slurm step's reserved range of two."""
+    for _ in range(100):
+        (port,) = free_ports(1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports on loopback")
+
+
+def run_workers(root, name, envs):
+    """Two worker processes of WORKER, each with its environment; their exit codes and outputs."""
+    script = root / "worker.py"
+    script.write_text(WORKER)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(root), name, str(index)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index, env in enumerate(envs)
+    ]
+    try:
+        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    return [p.returncode for p in processes], outputs
 
 
 def run_weights(root, name):
@@ -146,32 +192,86 @@ def test_batch_not_divisible_by_replicas_is_refused_before_training(reference):
 
 def test_multi_worker_with_two_processes_equals_default(reference):
     root, _ = reference
-    script = root / "worker.py"
-    script.write_text(WORKER)
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(root)],
-                env=_env(TF_CONFIG=tf_config),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, output in zip(processes, outputs):
-        assert p.returncode == 0, output[-3000:]
+    envs = [
+        _env(TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        for index in range(2)
+    ]
+    codes, outputs = run_workers(root, "multi_worker", envs)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "2 replica(s) (multi_worker)" in outputs[0]
+    assert f"cluster from TF_CONFIG: worker 1 of 2 ({workers[1]}), trains alongside" in outputs[1]
     assert_same_weights(run_weights(root, "multi_worker"), run_weights(root, "default_in_order"), 1e-5)
     assert os.listdir(root / "multi_worker" / "checkpoints")  # the chief's copy; the other worker's was scratch
+
+
+def slurm_env(procid, ports):
+    """What srun sets in task `procid` of a two-task step on one node, with two reserved ports:
+    no TF_CONFIG (SlurmClusterResolver expands the node list itself; no scontrol is needed)."""
+    env = _env(
+        SLURM_PROCID=str(procid),
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_STEP_NODELIST="localhost",
+        SLURM_STEP_TASKS_PER_NODE="2",
+        SLURM_STEP_RESV_PORTS=ports,
+    )
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+@pytest.mark.slow
+def test_multi_worker_under_slurm_equals_default(reference):
+    root, _ = reference
+    port = free_port_pair()
+    codes, outputs = run_workers(root, "slurm", [slurm_env(i, f"{port}-{port + 1}") for i in range(2)])
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "2 replica(s) (multi_worker)" in outputs[0]
+    for index, output in enumerate(outputs):
+        role = "writes the run dir" if index == 0 else "trains alongside; the chief writes the run dir"
+        assert f"cluster from Slurm: worker {index} of 2 (localhost:{port + index}), {role}" in output
+    assert_same_weights(run_weights(root, "slurm"), run_weights(root, "default_in_order"), 1e-5)
+    assert os.listdir(root / "slurm" / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    "resolver, environ, message",
+    [
+        (
+            "slurm",
+            {"SLURM_PROCID": "0"},
+            "cluster_resolver='slurm' reads a Slurm step's environment, but SLURM_STEP_NUM_TASKS, "
+            "SLURM_STEP_NODELIST, SLURM_STEP_TASKS_PER_NODE are not set",
+        ),
+        ("slurm", {"TF_CONFIG": "{}"}, "but SLURM_PROCID, SLURM_STEP_NUM_TASKS"),
+        (None, {}, "strategy='multi_worker' reads TF_CONFIG, which is not set"),
+        ("tf_config", {"SLURM_PROCID": "0"}, "reads TF_CONFIG, which is not set"),
+        ("yarn", {}, "cluster_resolver='yarn' is not one of ('tf_config', 'slurm')"),
+    ],
+)
+def test_a_cluster_without_its_environment_is_one_line(resolver, environ, message):
+    from keras_resnet.training.strategy import cluster_source
+
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        cluster_source(resolver, environ)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "environ, source",
+    [({"SLURM_PROCID": "1", "TF_CONFIG": TF_CONFIG_TWO}, "tf_config"), ({**SLURM_STEP}, "slurm")],
+)
+def test_tf_config_wins_over_slurm(environ, source):
+    from keras_resnet.training.strategy import cluster_source
+
+    assert cluster_source(None, environ) == source
+
+
+def test_no_tpu_is_one_line():
+    from keras_resnet.training.strategy import make_strategy
+
+    with pytest.raises(ValueError, match=r"^strategy='tpu' found no TPU at tpu='local' \(") as error:
+        make_strategy("tpu", tpu="local")
+    assert "\n" not in str(error.value)
 
 
 LOSING = COMMON + textwrap.dedent(

@@ -5,7 +5,8 @@
   gamma / sqrt(var + eps) and a bias beta - mean * scale.
 - The preprocessing's channel order and per-channel scale (`preprocessing.channel_affine`)
   move into the kernel of the conv that reads the input; only its offset stays in front, as
-  one add. Zero padding commutes with both, so this is exact.
+  one add (`unit` is a scale of 1/255 and no offset; `none` changes nothing). Zero padding
+  commutes with both, so this is exact.
 - A ZeroPadding2D between a ReLU and a valid max pool becomes the pool's own padding: the
   pool pads with -inf, which equals zero padding on non-negative values, and the padded copy
   of the tensor is never made (onnxruntime then keeps its blocked layout across the stem).

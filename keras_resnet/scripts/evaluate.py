@@ -10,6 +10,7 @@ import os
 
 from absl import flags
 
+from keras_resnet.preprocessing import MODES
 from keras_resnet.scripts import run_program
 from keras_resnet.training import cli
 
@@ -43,7 +44,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "preprocess_mode",
     None,
-    ["caffe", "torch", "tf", "pixel_mean"],
+    list(MODES),
     "Preprocessing, for weights that do not record theirs.",
 )
 FLAGS = flags.FLAGS

@@ -30,7 +30,7 @@ TOPICS = {
         "error_warmup_threshold", "plateau_patience", "plateau_min_delta",
     ),
     "fine-tuning": ("init_weights", "freeze", "freeze_bn"),
-    "distribution": ("strategy", "tpu", "sync_bn", "steps_per_loop"),
+    "distribution": ("strategy", "cluster_resolver", "tpu", "sync_bn", "steps_per_loop"),
     "run": (
         "model_dir", "seed", "deterministic", "checkpoint_interval", "keep_checkpoints", "checkpoint_iterator",
         "eval_interval", "log_interval",

@@ -11,12 +11,14 @@ import dataclasses
 import math
 import os
 
+from keras_resnet.preprocessing import MODES
+
 FAMILIES = ("cifar", "imagenet")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+CLUSTER_RESOLVERS = ("tf_config", "slurm")
 DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("steps", "plateau", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
-PREPROCESS_MODES = ("pixel_mean", "caffe", "torch", "tf")
 
 
 def _field(default, help, choices=None):
@@ -137,8 +139,14 @@ class TrainConfig:
     strategy: str = _field(
         "default",
         "tf.distribute strategy: default, one_device, mirrored (all local GPUs, or all logical CPUs), multi_worker "
-        "(reads TF_CONFIG), tpu (--tpu).",
+        "(its cluster from TF_CONFIG or Slurm, see --cluster_resolver), tpu (--tpu).",
         STRATEGIES,
+    )
+    cluster_resolver: str | None = _field(
+        None,
+        "Where multi_worker finds its cluster: tf_config (TF_CONFIG, as Kubeflow's TFJob sets it), slurm (the "
+        "Slurm step's environment, through TensorFlow's SlurmClusterResolver); None: TF_CONFIG where set, else Slurm's.",
+        (None,) + CLUSTER_RESOLVERS,
     )
     tpu: str | None = _field(None, "TPU name or grpc:// address for --strategy=tpu ('' or 'local' for a TPU VM).")
     dtype: str = _field(
@@ -171,8 +179,9 @@ class TrainConfig:
         None,
         "Input preprocessing: pixel_mean (the training set's mean: per pixel for in-memory sets, sections "
         "3.4/4.2; ImageNet's per-channel mean; for other sets the per-channel mean of their training images, "
-        "computed once and kept in the run dir), caffe, torch, tf; None: what --init_weights expect, else pixel_mean.",
-        (None,) + PREPROCESS_MODES,
+        "computed once and kept in the run dir), caffe, torch, tf, unit (x / 255), none (the model scales 0..255 "
+        "itself); None: what --init_weights expect, else pixel_mean.",
+        (None,) + MODES,
     )
     image_size: int | None = _field(
         None, "Training and eval crop size; None: the data set's (32 for CIFAR-10 and digits, 224 for ImageNet)."

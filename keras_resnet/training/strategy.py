@@ -8,9 +8,13 @@ import re
 import socket
 import tempfile
 
-from keras_resnet.training.config import STRATEGIES
+from keras_resnet.training.config import CLUSTER_RESOLVERS, STRATEGIES
 
 TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+# What SlurmClusterResolver reads of a Slurm step (srun sets them in every task it starts).
+SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
+# TensorFlow's first port on each node where the step reserved none (srun --resv-ports does).
+SLURM_DEFAULT_PORT = 8888
 
 
 def parse_tf_config(text):
@@ -46,6 +50,59 @@ def parse_tf_config(text):
     return spec
 
 
+def cluster_source(cluster_resolver, environ):
+    """Where multi_worker takes its cluster from: the one asked for, else TF_CONFIG where it is
+    set, else a Slurm step's environment where SLURM_PROCID is set; a ValueError otherwise."""
+    if cluster_resolver is not None and cluster_resolver not in CLUSTER_RESOLVERS:
+        raise ValueError(f"cluster_resolver={cluster_resolver!r} is not one of {CLUSTER_RESOLVERS}")
+    if cluster_resolver is None:
+        cluster_resolver = "slurm" if "TF_CONFIG" not in environ and "SLURM_PROCID" in environ else "tf_config"
+    if cluster_resolver == "tf_config":
+        parse_tf_config(environ.get("TF_CONFIG"))
+        return "tf_config"
+    missing = [name for name in SLURM_VARIABLES if not environ.get(name)]
+    if missing:
+        raise ValueError(
+            f"cluster_resolver='slurm' reads a Slurm step's environment, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set: start each worker with srun (one task per worker), "
+            "or give TF_CONFIG"
+        )
+    return "slurm"
+
+
+def slurm_port_base(environ):
+    """The step's first reserved port (SLURM_STEP_RESV_PORTS, e.g. "12000-12015"), else TensorFlow's default."""
+    ports = environ.get("SLURM_STEP_RESV_PORTS")
+    if not ports:
+        return SLURM_DEFAULT_PORT
+    first = ports.split(",")[0].split("-")[0]
+    if not first.isdigit():
+        raise ValueError(f"SLURM_STEP_RESV_PORTS={ports!r} is not a Slurm port range such as '12000-12015'")
+    return int(first)
+
+
+def slurm_cluster():
+    """The cluster of this Slurm step as TensorFlow's SlurmClusterResolver lays it out (a worker
+    per task, hosts sorted, ports from the first reserved one), keeping the GPUs Slurm gave
+    this task: the resolver's own GPU split is not applied (it needs nvidia-smi, and srun
+    --gpus-per-task has split them already), so it is given one nominal GPU per task and
+    auto_set_gpu=False, and TensorFlow counts the task's real ones."""
+    import tensorflow as tf
+
+    resolvers = tf.distribute.cluster_resolver
+    tasks = int(os.environ["SLURM_STEP_NUM_TASKS"])
+    slurm = resolvers.SlurmClusterResolver(
+        port_base=slurm_port_base(os.environ), gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False
+    )
+    return resolvers.SimpleClusterResolver(
+        slurm.cluster_spec(),
+        task_type=slurm.task_type,
+        task_id=slurm.task_id,
+        num_accelerators={"GPU": len(tf.config.list_physical_devices("GPU"))},
+        rpc_layer="grpc",
+    )
+
+
 def _local_devices():
     """All local GPUs, or else all (logical) CPUs: what `mirrored` replicates over."""
     import tensorflow as tf
@@ -54,12 +111,12 @@ def _local_devices():
     return [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
-def make_strategy(name, tpu=None):
-    """The strategy called `name` (one of STRATEGIES), ready to use."""
+def make_strategy(name, tpu=None, cluster_resolver=None):
+    """The strategy called `name` (one of STRATEGIES), ready to use; multi_worker's cluster
+    comes from `cluster_resolver` (see `cluster_source`)."""
     if name not in STRATEGIES:
         raise ValueError(f"strategy={name!r} is not one of {STRATEGIES}")
-    if name == "multi_worker":
-        parse_tf_config(os.environ.get("TF_CONFIG"))
+    source = cluster_source(cluster_resolver, os.environ) if name == "multi_worker" else None
     import tensorflow as tf
 
     if name == "default":
@@ -69,13 +126,28 @@ def make_strategy(name, tpu=None):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(_local_devices())
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        resolver = slurm_cluster() if source == "slurm" else None  # None: TF_CONFIG, read by TensorFlow
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     if tpu is None:
         raise ValueError("strategy='tpu' needs tpu= (a TPU name, grpc:// address, or 'local')")
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.TPUStrategy(connect_tpu(tpu))
+
+
+def connect_tpu(tpu):
+    """The initialised TPU system at `tpu`; a ValueError of one line where there is none."""
+    import tensorflow as tf
+
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as error:
+        reason = str(error).strip().splitlines()[0].split(". ")[0][:200]
+        raise ValueError(
+            f"strategy='tpu' found no TPU at tpu={tpu!r} ({reason}): run on a TPU VM with --tpu local, or give a "
+            "Cloud TPU's name or grpc:// address; without a TPU use --strategy default, mirrored or multi_worker"
+        ) from None
+    return resolver
 
 
 def check_batch_size(batch_size, strategy):
@@ -97,6 +169,23 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def cluster_notes(strategy):
+    """What a multi_worker process says of itself at start: which worker it is, at which
+    address, where its cluster came from, and who writes the run dir; nothing otherwise."""
+    import tensorflow as tf
+
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return []
+    tasks = resolver.cluster_spec().as_dict()[resolver.task_type]
+    source = "TF_CONFIG" if isinstance(resolver, tf.distribute.cluster_resolver.TFConfigClusterResolver) else "Slurm"
+    role = "writes the run dir" if is_chief(strategy) else "trains alongside; the chief writes the run dir"
+    return [
+        f"cluster from {source}: {resolver.task_type} {resolver.task_id} of {len(tasks)} "
+        f"({tasks[resolver.task_id]}), {role}"
+    ]
 
 
 def checkpoint_dir(directory, strategy):
