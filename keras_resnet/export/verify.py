@@ -30,6 +30,7 @@ import textwrap
 import numpy as np
 
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, IMAGE_BYTES, IMAGES
+from keras_resnet.export.stages import mark
 from keras_resnet.preprocessing import preprocess_input
 
 FLOAT32_FACTOR = 4.0
@@ -128,6 +129,7 @@ class Reference:
                 "float64": _head_logits(self._twin, np.asarray(x64, dtype="float64"), "float64", self.batch_size),
                 "float32": _head_logits(source.model, np.asarray(x32, dtype="float32"), "float32", self.batch_size),
             }
+            mark("reference")
         return self._cache[key]
 
 
@@ -333,6 +335,7 @@ def verify_saved_model(path, graph, reference=None, *, batch_sizes=BATCH_SIZES, 
     """Both signatures of the SavedModel at `path`, loaded in a new process, on real photos at
     each batch size (PNG-encoded at the size whose centre view is the net's input for the
     bytes signature), against the float64 network. Returns {"signature@batch": distances}."""
+    mark("convert")  # the SavedModel is written
     reference = reference or Reference(graph.source)
     whole, crops = verification_set(graph, max(batch_sizes))
     expected = reference.logits(crops)
@@ -357,6 +360,7 @@ def verify_saved_model(path, graph, reference=None, *, batch_sizes=BATCH_SIZES, 
             **bound,
         )
         _log_distances(log, f"SavedModel {label}", report[label])
+    mark("verify")
     return report
 
 
@@ -391,4 +395,5 @@ def verify_onnx(path, graph, reference=None, *, batch_sizes=BATCH_SIZES, log=pri
             label, outputs, _first(expected, batch_size), top_k=graph.top_k, **bound
         )
         _log_distances(log, label, report[f"batch{batch_size}"])
+    mark("verify")
     return report
