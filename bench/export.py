@@ -126,7 +126,8 @@ def our_command(exporter, model, output, photos):
     script = {"saved_model": "to_saved_model", "litert": "to_litert", "openvino": "to_openvino"}.get(
         exporter, "to_onnx"
     )
-    command = [sys.executable, os.path.join(REPO, "export", f"{script}.py"), *source, "--output", output]
+    target = "--base_path" if exporter == "saved_model" else "--output"
+    command = [sys.executable, os.path.join(REPO, "export", f"{script}.py"), *source, target, output]
     if exporter == "onnx_fp16_int8":
         command += ["--fp16", "--int8", "--dataset", "photos", "--data_dir", photos]
         command += ["--calibration_count", str(CALIBRATION_PHOTOS), "--eval_count", str(CALIBRATION_PHOTOS)]

@@ -13,6 +13,8 @@ with an InvalidArgumentError that names it: an error status in TF Serving, never
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import tensorflow as tf
 
@@ -208,6 +210,8 @@ class ServingGraph:
         folded = serving_model(source.model, logits=True, input_affine=affine, merge_pools=merge_pools)
         mark("fold")
         self.logits = frozen_inference(folded, source.image_size)
+        del folded
+        gc.collect()  # the folded model's variables and traced graph: held in reference cycles
         mark("freeze")
         # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC images
         # about 5x slower than an image over the batch.

@@ -13,6 +13,7 @@ place: a failed check leaves no file at the target.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -167,9 +168,11 @@ def convert(graph, opset):
     function = tf.function(graph.numeric_outputs, input_signature=spec)
     frozen = frozen_graph_def(function, spec)
     del function
+    gc.collect()  # the traced function: only its frozen GraphDef goes to the converter
     mark("freeze")
     model_proto = run_converter(*frozen, opset)
     del frozen
+    gc.collect()
     _name_batch_axes(model_proto)
     metadata = {
         "preprocessing": graph.source.preprocess_mode,

@@ -82,7 +82,11 @@ def float64_twin(model):
 
     inputs = keras.Input(model.input_shape[1:], dtype="float64")
     twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
-    twin.set_weights([np.asarray(weight, dtype="float64") for weight in model.get_weights()])
+    # layer by layer: one layer's float32 and float64 copies at a time, not the whole net's
+    copies = {layer.name: layer for layer in twin.layers}
+    for original in model.layers:
+        if original.weights:
+            copies[original.name].set_weights([np.asarray(w, dtype="float64") for w in original.get_weights()])
     return twin
 
 
