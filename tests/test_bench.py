@@ -1,7 +1,7 @@
 """Every bench script runs with --quick --json and writes the documented rows and fields.
 
 Never a speed assertion: figures come from the scripts on a quiet machine (BENCHMARKS.md).
-The scripts start together (tracing is mostly single-threaded, so two cores run two at once)
+The selected tests' scripts start together (tracing is mostly single-threaded, so two cores run two at once)
 and each test waits for its own. gpu.py runs under KERAS_BACKEND=jax with an importable
 `tensorflow` that raises, as on the GPU machine, which has no TensorFlow. gpu.py's --profile
 summary (bench/profiling.py) is also read on two traces recorded on an H200 (tests/data/h200_traces).
@@ -58,9 +58,20 @@ def _no_tensorflow_dir(tmp_path_factory):
     return str(directory)
 
 
+# The test that reads each script's run: only the scripts of selected tests are started.
+TEST_OF_SCRIPT = {
+    "inference": "test_inference",
+    "train_step": "test_train_step",
+    "gpu": "test_gpu_script_under_jax_without_tensorflow",
+    "input_pipeline": "test_input_pipeline",
+    "export": "test_export",
+}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """{script: (process, json path, log path, log file)}, all started at once."""
+def runs(request, tmp_path_factory):
+    """{script: (process, json path, log path, log file)} of the selected tests' scripts, all
+    started at once."""
     out = tmp_path_factory.mktemp("bench")
     base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     scripts = {
@@ -71,6 +82,9 @@ def runs(tmp_path_factory):
     extra_flags = {"gpu": ["--profile", str(out / "gpu_profile")]}
     if os.path.isfile(os.path.join(BENCH, "input_pipeline.py")):
         scripts["input_pipeline"] = {}
+    scripts["export"] = {}
+    selected = {item.originalname for item in request.session.items}
+    scripts = {name: env for name, env in scripts.items() if TEST_OF_SCRIPT[name] in selected}
     started = {}
     for name, env in scripts.items():
         json_path, log_path = out / f"{name}.json", out / f"{name}.log"
@@ -188,6 +202,36 @@ def test_input_pipeline(runs):
     assert all(r["images_per_s_per_core"] > 0 and r["images_per_s"] > 0 for r in rows.values())
     assert rows["decode"]["per_core_ratio"] == pytest.approx(1.0)
     assert "inception" in log  # the printed table
+
+
+EXPORT_ROW_FIELDS = ("name", "kind", "exporter", "model", "ok", "wall_s", "peak_rss_mb", "peak_single_mb", "stages")
+EXPORT_STAGES = ("build", "fold", "freeze", "convert", "reference", "verify")
+
+
+def test_export(runs):
+    """One export of resnet20 to ONNX and tf2onnx's from_keras on the same network, each in
+    its own process: both finished, their process trees' memory and the export's stage marks
+    (each no earlier than the one before) recorded, the ratios taken to the peer."""
+    payload, log = result(runs, "export")
+    check_header(payload)
+    assert {"tf2onnx", "onnxruntime", "protobuf"} <= set(payload["versions"])
+    rows = {r["name"]: r for r in payload["rows"]}
+    assert set(rows) == {"tf2onnx_from_keras_resnet20", "onnx_resnet20"}
+    for row in rows.values():
+        assert set(EXPORT_ROW_FIELDS) <= set(row), row
+        assert row["ok"], row.get("error")
+        assert row["wall_s"] > 0 and row["peak_rss_mb"] >= row["peak_single_mb"] > 100
+    ours, peer = rows["onnx_resnet20"], rows["tf2onnx_from_keras_resnet20"]
+    assert peer["kind"] == "peer" and peer["stages"] == []
+    assert ours["kind"] == "ours" and ours["ratio_to"] == peer["name"]
+    assert ours["peak_ratio"] == pytest.approx(ours["peak_rss_mb"] / peer["peak_rss_mb"])
+    stages = [mark["stage"] for mark in ours["stages"]]
+    assert set(EXPORT_STAGES) <= set(stages), stages
+    seconds = [mark["seconds"] for mark in ours["stages"]]
+    assert seconds == sorted(seconds) and seconds[-1] <= ours["wall_s"]
+    # a child converts: the tree holds more than the largest process at its peak
+    assert ours["peak_rss_mb"] > ours["peak_single_mb"]
+    assert "onnx_resnet20" in log  # the printed table
 
 
 H200_TRACES = os.path.join(REPO, "tests", "data", "h200_traces")

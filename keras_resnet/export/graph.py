@@ -13,10 +13,13 @@ with an InvalidArgumentError that names it: an error status in TF Serving, never
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import tensorflow as tf
 
 from keras_resnet.export.folding import input_conv, input_offset, serving_model
+from keras_resnet.export.stages import mark
 from keras_resnet.preprocessing import channel_affine, preprocess_input
 
 IMAGES = "images"
@@ -200,11 +203,16 @@ class ServingGraph:
             raise ValueError(
                 f"max_pixels={max_pixels!r} must be an integer >= {source.image_size[0] ** 2} (the net's input)"
             )
+        mark("build")
         order, scale, shift = channel_affine(source.preprocess_mode, source.mean)
         foldable = input_conv(source.model) is not None
         affine = (order, scale) if foldable else None
         folded = serving_model(source.model, logits=True, input_affine=affine, merge_pools=merge_pools)
+        mark("fold")
         self.logits = frozen_inference(folded, source.image_size)
+        del folded
+        gc.collect()  # the folded model's variables and traced graph: held in reference cycles
+        mark("freeze")
         # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC images
         # about 5x slower than an image over the batch.
         offset = np.broadcast_to(input_offset(order, scale, shift), (*source.image_size, 3)).copy()

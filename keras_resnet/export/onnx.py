@@ -13,13 +13,19 @@ place: a failed check leaves no file at the target.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 
 import numpy as np
 
 from keras_resnet.export import staging, variants, verify
 from keras_resnet.export.graph import IMAGES, ServingGraph
+from keras_resnet.export.stages import mark
 from keras_resnet.export.variants import INT8_MIN_AGREEMENT
 
 MIN_OPSET = 17
@@ -77,15 +83,96 @@ def _name_batch_axes(model_proto):
         dim.dim_param = BATCH_AXIS
 
 
+# tf2onnx's optimizer passes rewrite every node's protobuf once per pass; under the upb
+# protobuf runtime (the default) each rewrite keeps the old copy of its weights in the
+# message's arena, so a conversion holds about two dozen copies of the weights at its end.
+# Python's own protobuf runtime frees them: the conversion runs in a child process under it
+# (BENCHMARKS.md, "Export cost").
+_CONVERTER = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    import tf2onnx
+
+    def main(graph_path, names_path, opset, onnx_path):
+        graph_def = tf.compat.v1.GraphDef()
+        with open(graph_path, "rb") as f:
+            graph_def.ParseFromString(f.read())
+        with open(names_path) as f:
+            names = json.load(f)
+        model_proto, _ = tf2onnx.convert.from_graph_def(
+            graph_def,
+            input_names=names["inputs"],
+            output_names=names["outputs"],
+            opset=int(opset),
+            tensors_to_rename=names["rename"],
+        )
+        with open(onnx_path, "wb") as f:
+            f.write(model_proto.SerializeToString())
+
+    main(*sys.argv[1:])
+    """
+)
+
+
+def frozen_graph_def(function, spec):
+    """(GraphDef, input names, output names, {tensor: output name}) of the tf.function `function`
+    at `spec`, its variables constants and its calls inlined, as tf2onnx's from_function freezes."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = function.get_concrete_function(*spec)
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    inputs = [tensor.name for tensor in frozen.inputs]
+    outputs = [tensor.name for tensor in frozen.outputs]
+    rename = dict(zip(inputs, [s.name for s in spec]))
+    rename.update({tensor.name: key for key, tensor in concrete.structured_outputs.items()})
+    return frozen.graph.as_graph_def(add_shapes=True), inputs, outputs, rename
+
+
+def run_converter(graph_def, inputs, outputs, rename, opset, timeout=3600):
+    """The ONNX ModelProto tf2onnx writes for the frozen `graph_def`, converted in a child
+    process under Python's protobuf runtime (see _CONVERTER)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as scratch:
+        graph_path, names_path = os.path.join(scratch, "graph.pb"), os.path.join(scratch, "names.json")
+        onnx_path = os.path.join(scratch, "model.onnx")
+        with open(graph_path, "wb") as f:
+            f.write(graph_def.SerializeToString())
+        with open(names_path, "w") as f:
+            json.dump({"inputs": inputs, "outputs": outputs, "rename": rename}, f)
+        env = {
+            **os.environ,
+            "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        }
+        process = subprocess.run(
+            [sys.executable, "-c", _CONVERTER, graph_path, names_path, str(opset), onnx_path],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=scratch,
+        )
+        if process.returncode != 0 or not os.path.isfile(onnx_path):
+            raise RuntimeError(f"tf2onnx failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
+        return onnx.load(onnx_path)
+
+
 def convert(graph, opset):
     """The serving graph as a checked onnx.ModelProto, metadata describing its preprocessing."""
     import onnx
     import tensorflow as tf
-    import tf2onnx
 
     spec = [graph.images_spec()]
     function = tf.function(graph.numeric_outputs, input_signature=spec)
-    model_proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
+    frozen = frozen_graph_def(function, spec)
+    del function
+    gc.collect()  # the traced function: only its frozen GraphDef goes to the converter
+    mark("freeze")
+    model_proto = run_converter(*frozen, opset)
+    del frozen
+    gc.collect()
     _name_batch_axes(model_proto)
     metadata = {
         "preprocessing": graph.source.preprocess_mode,
@@ -97,6 +184,7 @@ def convert(graph, opset):
     }
     onnx.helper.set_model_props(model_proto, metadata)
     onnx.checker.check_model(model_proto, full_check=True)
+    mark("convert")
     return model_proto
 
 
@@ -127,6 +215,7 @@ def to_fp16(model_proto):
         raise ValueError("fp16 needs onnxconverter-common: pip install 'keras-resnet[export]'") from error
     half = float16.convert_float_to_float16(_isolate_outputs(model_proto), keep_io_types=True)
     onnx.checker.check_model(half)
+    mark("fp16")
     return half
 
 
@@ -170,6 +259,7 @@ def to_int8(fp32_path, int8_path, calibration_images):
     finally:
         if os.path.exists(prepared):
             os.unlink(prepared)
+    mark("int8")
 
 
 def _write_proto(model_proto, path):

@@ -30,6 +30,7 @@ import textwrap
 import numpy as np
 
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, IMAGE_BYTES, IMAGES
+from keras_resnet.export.stages import mark
 from keras_resnet.preprocessing import preprocess_input
 
 FLOAT32_FACTOR = 4.0
@@ -81,7 +82,11 @@ def float64_twin(model):
 
     inputs = keras.Input(model.input_shape[1:], dtype="float64")
     twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
-    twin.set_weights([np.asarray(weight, dtype="float64") for weight in model.get_weights()])
+    # layer by layer: one layer's float32 and float64 copies at a time, not the whole net's
+    copies = {layer.name: layer for layer in twin.layers}
+    for original in model.layers:
+        if original.weights:
+            copies[original.name].set_weights([np.asarray(w, dtype="float64") for w in original.get_weights()])
     return twin
 
 
@@ -128,6 +133,7 @@ class Reference:
                 "float64": _head_logits(self._twin, np.asarray(x64, dtype="float64"), "float64", self.batch_size),
                 "float32": _head_logits(source.model, np.asarray(x32, dtype="float32"), "float32", self.batch_size),
             }
+            mark("reference")
         return self._cache[key]
 
 
@@ -333,6 +339,7 @@ def verify_saved_model(path, graph, reference=None, *, batch_sizes=BATCH_SIZES, 
     """Both signatures of the SavedModel at `path`, loaded in a new process, on real photos at
     each batch size (PNG-encoded at the size whose centre view is the net's input for the
     bytes signature), against the float64 network. Returns {"signature@batch": distances}."""
+    mark("convert")  # the SavedModel is written
     reference = reference or Reference(graph.source)
     whole, crops = verification_set(graph, max(batch_sizes))
     expected = reference.logits(crops)
@@ -357,6 +364,7 @@ def verify_saved_model(path, graph, reference=None, *, batch_sizes=BATCH_SIZES, 
             **bound,
         )
         _log_distances(log, f"SavedModel {label}", report[label])
+    mark("verify")
     return report
 
 
@@ -391,4 +399,5 @@ def verify_onnx(path, graph, reference=None, *, batch_sizes=BATCH_SIZES, log=pri
             label, outputs, _first(expected, batch_size), top_k=graph.top_k, **bound
         )
         _log_distances(log, label, report[f"batch{batch_size}"])
+    mark("verify")
     return report
