@@ -299,3 +299,95 @@ def test_positional_arguments_bind_as_in_keras_applications():
     assert model.output_shape == (None, 64)
     with pytest.raises(TypeError, match="stride"):
         keras_resnet.ResNet20(stride="1x1")
+
+
+# channels_first: the layout keras.applications follows from keras.config.image_data_format().
+
+
+@pytest.fixture
+def channels_first():
+    """Keras' image data format set to channels_first for one test, then restored."""
+    before = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    yield
+    keras.config.set_image_data_format(before)
+
+
+def test_builders_follow_the_image_data_format(channels_first):
+    model = keras_resnet.ResNet18(include_top=False, input_shape=(3, 64, 96))
+    assert model.output.shape == (None, 512, 2, 3)
+    assert model.get_layer("conv1_bn").axis == 1
+    architecture = model.record.architecture
+    assert architecture.data_format == "channels_first"
+    assert architecture.input_shape == (64, 96, 3)  # records say (height, width, channels) in either layout
+    assert keras_resnet.ResNet18(include_top=False, data_format="channels_last").output.shape == (None, None, None, 512)
+
+
+@pytest.mark.parametrize(
+    "builder, expected",
+    [
+        (keras_resnet.ResNet18, {"C2": (64, 16), "C3": (128, 8), "C4": (256, 4), "C5": (512, 2)}),
+        (keras_resnet.ResNet56, {"C2": (16, 64), "C3": (32, 32), "C4": (64, 16)}),
+    ],
+)
+def test_channels_first_features_heads_and_flops(builder, expected):
+    kwargs = {"include_top": False, "input_shape": (3, 64, 64), "data_format": "channels_first"}
+    features = builder(return_features=True, **kwargs)
+    assert {k: tuple(v.shape) for k, v in features.output.items()} == {
+        k: (None, c, s, s) for k, (c, s) in expected.items()
+    }
+    assert builder(pooling="max", **kwargs).output.shape == (None, expected[max(expected)][0])
+    last = builder(include_top=True, input_shape=(64, 64, 3), data_format="channels_last")
+    first = builder(include_top=True, input_shape=(3, 64, 64), data_format="channels_first")
+    assert keras_resnet.count_flops(first) == keras_resnet.count_flops(last)
+    assert keras_resnet.count_flops(first, input_shape=(3, 128, 128)) == keras_resnet.count_flops(
+        last, input_shape=(128, 128, 3)
+    )
+
+
+def test_option_a_pads_the_channel_axis_of_either_layout():
+    """The zero channels of shortcut A follow the input's channels on the channel axis."""
+    from keras_resnet.blocks import ZeroPadShortcut
+
+    x = np.random.default_rng(2).normal(size=(2, 6, 6, 16)).astype("float32")
+    expected = np.concatenate([x[:, ::2, ::2, :], np.zeros((2, 3, 3, 16), "float32")], axis=-1)
+    last = ZeroPadShortcut(32, 2, "channels_last")
+    first = ZeroPadShortcut(32, 2, "channels_first")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(last(x)), expected)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(first(x.transpose(0, 3, 1, 2))), expected.transpose(0, 3, 1, 2)
+    )
+    assert first.compute_output_shape((None, 16, 6, 6)) == (None, 32, 3, 3)
+    assert ZeroPadShortcut.from_config(first.get_config()).data_format == "channels_first"
+
+
+def test_records_without_a_data_format_mean_channels_last():
+    record = keras_resnet.ResNet20().record
+    data = record.to_json()
+    assert data["architecture"]["data_format"] == "channels_last"
+    del data["architecture"]["data_format"]
+    assert keras_resnet.Record.from_json(data).architecture.data_format == "channels_last"
+    first = keras_resnet.ResNet20(data_format="channels_first").record
+    assert keras_resnet.Record.from_text(first.to_text()) == first
+
+
+def test_a_bad_data_format_or_input_shape_names_the_value():
+    with pytest.raises(ValueError, match=r"data_format='channels_middle' is not one of"):
+        keras_resnet.ResNet20(data_format="channels_middle")
+    with pytest.raises(ValueError, match=r"input_shape=\(32, 32\) must be \(channels, height, width\)"):
+        keras_resnet.ResNet20(data_format="channels_first", input_shape=(32, 32))
+
+
+def test_a_channels_first_keras_file_is_served_as_its_channels_last_twin(tmp_path):
+    """Serving graphs take (height, width, channels) images: the exporters' source is the
+    same network rebuilt channels_last, with the same weights, and records channels_last."""
+    from keras_resnet.export import sources
+
+    model = keras_resnet.ResNet20(data_format="channels_first", classifier_activation=None)
+    path = str(tmp_path / "r20.keras")
+    model.save(path)
+    source = sources.from_keras_file(path, preprocess_mode="pixel_mean", mean=np.zeros(3, "float32"))
+    assert source.model.input_shape == (None, 32, 32, 3)
+    assert source.record.architecture.data_format == "channels_last"
+    for mine, theirs in zip(source.model.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
