@@ -1,7 +1,12 @@
 """Builders against the paper's tables, published parameter counts and section 3.3."""
 
 import inspect
+import json
+import os
 import pydoc
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -391,3 +396,74 @@ def test_a_channels_first_keras_file_is_served_as_its_channels_last_twin(tmp_pat
     assert source.record.architecture.data_format == "channels_last"
     for mine, theirs in zip(source.model.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
+
+
+JAX_CHANNELS_FIRST = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras
+    import keras_resnet
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    files = json.loads(sys.argv[1])
+    x = np.load(files["photos224"])
+    for data_format, batch in (("channels_last", x), ("channels_first", x.transpose(0, 3, 1, 2))):
+        model = keras_resnet.ResNet50(weights=files["keras_applications"], classifier_activation=None,
+                                      data_format=data_format)
+        np.save(files[f"resnet50_{data_format}"], keras.ops.convert_to_numpy(model(batch, training=False)))
+        backbone = keras_resnet.ResNet20(weights=files["own"], include_top=False, return_features=True,
+                                         data_format=data_format)
+        x32 = np.load(files["photos32"])
+        features = backbone(x32.transpose(0, 3, 1, 2) if data_format == "channels_first" else x32, training=False)
+        for key, value in features.items():
+            np.save(files[f"resnet20_{key}_{data_format}"], keras.ops.convert_to_numpy(value))
+    """
+)
+
+
+@pytest.mark.slow
+def test_channels_first_on_jax_gives_the_channels_last_outputs(tmp_path, rel_diff):
+    """On JAX (NCHW convolutions on a CPU), keras.applications' weights layout and
+    keras_resnet's own file load into a channels_first net that gives the channels_last
+    outputs on the transposed batch: ResNet-50 logits and ResNet-20's features (shortcut A),
+    nets with trained-like BN statistics, real photos. keras.applications itself on
+    TensorFlow is the reference for the channels_last run."""
+    pytest.importorskip("jax", reason="jax is in the dev extras; install it to run the backend check")
+    from test_weights import write_published_h5
+
+    from keras_resnet.testing import sample_photos, with_trained_statistics
+
+    files = {name: str(tmp_path / f"{name}.npy") for name in ("photos224", "photos32")}
+    files.update(keras_applications=str(tmp_path / "resnet50.h5"), own=str(tmp_path / "resnet20.weights.h5"))
+    photos = keras_resnet.preprocess_input(sample_photos(224, count=4), "caffe")
+    reference = with_trained_statistics(keras.applications.ResNet50(weights=None, classifier_activation=None), photos)
+    write_published_h5(reference, files["keras_applications"])
+    small = keras_resnet.preprocess_input(sample_photos(32, count=8, seed=1), "caffe")
+    resnet20 = with_trained_statistics(keras_resnet.ResNet20(include_top=False, shortcut="A"), small, seed=1)
+    keras_resnet.weights.save(resnet20, files["own"], "caffe")
+    np.save(files["photos224"], photos)
+    np.save(files["photos32"], small)
+    for data_format in ("channels_last", "channels_first"):
+        files[f"resnet50_{data_format}"] = str(tmp_path / f"resnet50_{data_format}.npy")
+        for key in ("C2", "C3", "C4"):
+            files[f"resnet20_{key}_{data_format}"] = str(tmp_path / f"resnet20_{key}_{data_format}.npy")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_CHANNELS_FIRST, json.dumps(files)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last, first = (np.load(files[f"resnet50_{f}"]) for f in ("channels_last", "channels_first"))
+    assert rel_diff(last, keras.ops.convert_to_numpy(reference(photos, training=False))) <= 1e-5
+    print(f"ResNet-50 on JAX: channels_first vs channels_last {rel_diff(first, last):.2e} relative")
+    assert rel_diff(first, last) <= 1e-5
+    assert np.std(last) > 0.1  # logits of a classifier, not a collapsed net
+    features = keras_resnet.ResNet20(include_top=False, return_features=True)
+    features.set_weights(resnet20.get_weights())
+    for key, expected in features(small, training=False).items():
+        last, first = (np.load(files[f"resnet20_{key}_{f}"]) for f in ("channels_last", "channels_first"))
+        assert rel_diff(last, keras.ops.convert_to_numpy(expected)) <= 1e-5, key
+        assert rel_diff(first.transpose(0, 2, 3, 1), last) <= 1e-5, key
