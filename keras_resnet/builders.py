@@ -2,12 +2,15 @@
 
 Every public builder is `build(spec, ...)` with a row of `specs`; arguments follow
 keras.applications (`include_top, weights, input_tensor, input_shape, pooling, classes,
-classifier_activation, name`).
+classifier_activation, name`), and so does the layout: `keras.config.image_data_format()`
+unless `data_format=` says otherwise, with `input_shape` ordered as that layout orders it.
+The registry holds a ResNet and a plain net for every row of the spec tables.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 import sys
@@ -19,13 +22,11 @@ from keras_resnet import specs
 from keras_resnet import weights as weights_lib
 from keras_resnet.blocks import STEMS, BlockSettings, stage
 from keras_resnet.record import Architecture, Record
+from keras_resnet.specs import DEFAULT_SHORTCUT
 
 POOLINGS = (None, "avg", "max")
 DEFAULT_CLASSES = {"imagenet": 1000, "cifar": 10}
 DEFAULT_SIZE = {"imagenet": 224, "cifar": 32}
-DEFAULT_SHORTCUT = {"imagenet": "B", "cifar": "A"}
-DEFAULT_BN_EPSILON = 1.001e-5
-DEFAULT_BN_MOMENTUM = 0.9
 # The builder arguments an Architecture records (beside the spec and residual).
 ARCHITECTURE_ARGS = (
     "shortcut",
@@ -37,11 +38,22 @@ ARCHITECTURE_ARGS = (
     "include_top",
     "pooling",
     "classifier_activation",
+    "data_format",
 )
 
 
+def _check_layout(data_format, input_shape=None):
+    """The data format and the input shape in its order, checked before anything else."""
+    if data_format not in specs.DATA_FORMATS:
+        raise ValueError(f"data_format={data_format!r} is not one of {specs.DATA_FORMATS}")
+    if input_shape is not None and len(input_shape) != 3:
+        order = "(channels, height, width)" if data_format == "channels_first" else "(height, width, channels)"
+        raise ValueError(f"input_shape={tuple(input_shape)!r} must be {order} for data_format={data_format!r}")
+
+
 def _validate(spec, residual, shortcut, stride_in, zero_init_residual, pooling, classes, input_shape, bn):
-    """Check every argument before any layer is made; messages name value and allowed ones."""
+    """Check every argument before any layer is made; messages name value and allowed ones.
+    `input_shape` is (height, width, channels), as records hold it."""
     if residual and shortcut not in specs.SHORTCUTS:
         raise ValueError(f"shortcut={shortcut!r} is not one of {specs.SHORTCUTS} (paper section 3.3)")
     if not residual and shortcut is not None:
@@ -86,7 +98,8 @@ def _deep_graph_recursion(spec):
 
 
 def _input(input_tensor, input_shape):
-    """An Input layer, or the user's tensor wrapped as keras.applications does."""
+    """An Input layer of `input_shape` (in the network's layout), or the user's tensor
+    wrapped as keras.applications does."""
     if input_tensor is None:
         return keras.Input(shape=input_shape, name="input"), None
     if keras.backend.is_keras_tensor(input_tensor):
@@ -94,15 +107,16 @@ def _input(input_tensor, input_shape):
     return keras.Input(tensor=input_tensor, shape=input_shape, name="input"), input_tensor
 
 
-def _head(x, spec, include_top, pooling, classes, classifier_activation):
+def _head(x, architecture):
     """Global average pool + fc (Table 1), or the optional pooling of a headless net."""
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        return layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    if pooling == "avg":
-        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if pooling == "max":
-        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    a = architecture
+    if a.include_top:
+        x = layers.GlobalAveragePooling2D(data_format=a.data_format, name="avg_pool")(x)
+        return layers.Dense(a.classes, activation=a.classifier_activation, name="predictions")(x)
+    if a.pooling == "avg":
+        return layers.GlobalAveragePooling2D(data_format=a.data_format, name="avg_pool")(x)
+    if a.pooling == "max":
+        return layers.GlobalMaxPooling2D(data_format=a.data_format, name="max_pool")(x)
     return x
 
 
@@ -148,6 +162,7 @@ def build(
     classes=None,
     classifier_activation="softmax",
     return_features=False,
+    data_format=None,
     name=None,
 ):
     """Build the network of `spec` (a `specs.NetSpec`) as a `Network` carrying its record.
@@ -161,19 +176,25 @@ def build(
     keras.applications), momentum 0.9, 1000 / 10 classes, 224 / 32 pixels square.
     `return_features=True` (with include_top=False) returns a backbone whose outputs are the
     dict {"C2": conv2_x, ..., "C5": conv5_x} used by detectors (section 4.3).
+    `data_format` ("channels_last" or "channels_first") defaults to
+    `keras.config.image_data_format()`, as in keras.applications; `input_shape` is in its
+    order. Any weights load into either layout.
     """
     if return_features and include_top:
         raise ValueError("return_features=True builds a backbone without a head: pass include_top=False")
+    data_format = data_format or keras.config.image_data_format()
+    _check_layout(data_format, input_shape)
     given = {
         "shortcut": shortcut,
         "stride_in": stride_in,
         "bn_epsilon": bn_epsilon,
         "bn_momentum": bn_momentum,
         "classes": classes,
-        "input_shape": None if input_shape is None else tuple(input_shape),
+        "input_shape": specs.as_height_width_channels(input_shape and tuple(input_shape), data_format),
         "include_top": include_top,
         "pooling": pooling,
         "classifier_activation": classifier_activation,
+        "data_format": data_format,
     }
     source = None
     if weights is not None:
@@ -204,7 +225,8 @@ def build(
 
 def architecture_of(spec, residual, recorded=None, **given):
     """The `Architecture` a builder call makes: the given arguments, else what the weights
-    record (`recorded`, a Record or None), else the defaults."""
+    record (`recorded`, a Record or None), else the defaults. The data format is the given
+    one or Keras' setting, never the recorded one: weights fit either layout."""
     found = recorded.architecture if recorded is not None else None
     include_top = given.get("include_top", True)
     keeps_head = include_top and found is not None and found.include_top
@@ -222,13 +244,14 @@ def architecture_of(spec, residual, recorded=None, **given):
         residual=residual,
         shortcut=pick("shortcut", DEFAULT_SHORTCUT[spec.stem]) if residual else given.get("shortcut"),
         stride_in=pick("stride_in", "1x1"),
-        bn_epsilon=pick("bn_epsilon", DEFAULT_BN_EPSILON),
+        bn_epsilon=pick("bn_epsilon", specs.BN_EPSILON),
         include_top=include_top,
         classes=pick("classes", DEFAULT_CLASSES[spec.stem], keeps_head) if include_top else None,
-        bn_momentum=pick("bn_momentum", DEFAULT_BN_MOMENTUM),
+        bn_momentum=pick("bn_momentum", specs.BN_MOMENTUM),
         pooling=given.get("pooling"),
         classifier_activation=given.get("classifier_activation", "softmax") if include_top else None,
         input_shape=tuple(pick("input_shape", (size, size, 3), keeps_head)),
+        data_format=given.get("data_format") or keras.config.image_data_format(),
     )
 
 
@@ -249,8 +272,22 @@ def from_record(record, *, input_tensor=None, return_features=False, name=None, 
     classes = a.classes if a.include_top else DEFAULT_CLASSES[a.spec.stem]
     bn = (a.bn_momentum, a.bn_epsilon)
     zero_init = extras.get("zero_init_residual", False)
+    _check_layout(a.data_format)
     _validate(a.spec, a.residual, a.shortcut, a.stride_in, zero_init, a.pooling, classes, a.input_shape, bn)
     return _network(record, extras, input_tensor, return_features, name)
+
+
+def with_data_format(model, data_format):
+    """`model` (a Network) in `data_format`, with the same weights: `model` itself when it has
+    that layout already. Exports serve (height, width, channels) images whatever the layout."""
+    _check_layout(data_format)
+    a = model.record.architecture
+    if a.data_format == data_format:
+        return model
+    record = model.record.replace(architecture=dataclasses.replace(a, data_format=data_format))
+    twin = from_record(record, name=model.name)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def _network(record, extras, input_tensor, return_features, name):
@@ -265,8 +302,9 @@ def _network(record, extras, input_tensor, return_features, name):
         bn_epsilon=a.bn_epsilon,
         kernel_initializer=extras.get("kernel_initializer", "he_normal"),
         kernel_regularizer=extras.get("kernel_regularizer"),
+        data_format=a.data_format,
     )
-    inputs, user_tensor = _input(input_tensor, tuple(a.input_shape))
+    inputs, user_tensor = _input(input_tensor, tuple(a.layout_input_shape))
     x = STEMS[a.spec.stem](inputs, settings)
     features = {}
     for index in range(len(a.spec.widths)):
@@ -275,7 +313,7 @@ def _network(record, extras, input_tensor, return_features, name):
     if return_features:
         outputs = features
     else:
-        outputs = _head(x, a.spec, a.include_top, a.pooling, a.classes, a.classifier_activation)
+        outputs = _head(x, a)
     model_inputs = keras.utils.get_source_inputs(user_tensor) if user_tensor is not None else inputs
     with _deep_graph_recursion(a.spec):
         return Network(model_inputs, outputs, record, name=name or a.name)
@@ -300,6 +338,7 @@ _APPLICATIONS_ARGS = (
     "classifier_activation",
     "name",
 )
+FAMILIES = {"imagenet": "ImageNet", "cifar": "CIFAR-10"}
 
 
 def _builder_signature():
@@ -313,8 +352,9 @@ def _builder_signature():
 BUILDER_SIGNATURE = _builder_signature()
 
 
-def _register(spec, residual, family):
+def _register(spec, residual):
     """Make the public builder for one spec and record it in the registry."""
+    family = FAMILIES[spec.stem]
     shortcut_default = DEFAULT_SHORTCUT[spec.stem]
     kind = "ResNet" if residual else "Plain"
     public_name = f"{kind}{spec.depth}"
@@ -357,24 +397,17 @@ def get_builder(name):
     return REGISTRY[key]
 
 
-ResNet18 = _register(specs.imagenet_spec(18), True, "ImageNet")
-ResNet34 = _register(specs.imagenet_spec(34), True, "ImageNet")
-ResNet50 = _register(specs.imagenet_spec(50), True, "ImageNet")
-ResNet101 = _register(specs.imagenet_spec(101), True, "ImageNet")
-ResNet152 = _register(specs.imagenet_spec(152), True, "ImageNet")
-Plain18 = _register(specs.imagenet_spec(18), False, "ImageNet")
-Plain34 = _register(specs.imagenet_spec(34), False, "ImageNet")
-Plain50 = _register(specs.imagenet_spec(50), False, "ImageNet")
-Plain101 = _register(specs.imagenet_spec(101), False, "ImageNet")
-Plain152 = _register(specs.imagenet_spec(152), False, "ImageNet")
-ResNet20 = _register(specs.cifar_spec(3), True, "CIFAR-10")
-ResNet32 = _register(specs.cifar_spec(5), True, "CIFAR-10")
-ResNet44 = _register(specs.cifar_spec(7), True, "CIFAR-10")
-ResNet56 = _register(specs.cifar_spec(9), True, "CIFAR-10")
-ResNet110 = _register(specs.cifar_spec(18), True, "CIFAR-10")
-ResNet1202 = _register(specs.cifar_spec(200), True, "CIFAR-10")
-Plain20 = _register(specs.cifar_spec(3), False, "CIFAR-10")
-Plain32 = _register(specs.cifar_spec(5), False, "CIFAR-10")
-Plain44 = _register(specs.cifar_spec(7), False, "CIFAR-10")
-Plain56 = _register(specs.cifar_spec(9), False, "CIFAR-10")
-Plain110 = _register(specs.cifar_spec(18), False, "CIFAR-10")
+def _paper_nets():
+    """(spec, residual) of every net of the spec tables: Table 1's ResNets and plain nets, the
+    6n+2 ResNets of section 4.2 and its plain nets."""
+    for depth in specs.IMAGENET_DEPTHS:
+        yield from ((specs.imagenet_spec(depth), residual) for residual in (True, False))
+    for depth, n in specs.CIFAR_DEPTHS.items():
+        yield specs.cifar_spec(n), True
+        if depth in specs.PLAIN_CIFAR_DEPTHS:
+            yield specs.cifar_spec(n), False
+
+
+# ResNet18 ... ResNet1202, Plain18 ... Plain110: one public builder per registered net.
+_BUILDERS = [_register(spec, residual) for spec, residual in _paper_nets()]
+globals().update({builder.__name__: builder for builder in _BUILDERS})

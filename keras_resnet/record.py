@@ -8,14 +8,17 @@ of every export (a SavedModel's assets.extra/keras_resnet.json, ONNX metadata_pr
     {"format": 2,
      "architecture": {"block", "blocks_per_stage", "widths", "stem", "residual", "shortcut",
                       "stride_in", "bn_epsilon", "bn_momentum", "include_top", "pooling",
-                      "classes", "classifier_activation", "input_shape"},
+                      "classes", "classifier_activation", "input_shape", "data_format"},
      "preprocessing": {"mode": "caffe" | "torch" | "tf" | "pixel_mean" | "unit" | "none" | null,
                        "mean": null | the mean image (HxWx3) or 3 channel means},
      "class_names": null | ["tench", ...],
      "eval_view": {"resize": shorter side before the crop (null: none), "crop": side},
      "weights": null | {"name", "source", "top1", "top5", "recipe", ...}}
 
-Format 1 (`.weights.h5` files written before the record) is read too. This module knows no
+`input_shape` is (height, width, channels) whatever the data format; "data_format" is Keras'
+"channels_last" or "channels_first" (records written without it mean channels_last). The
+weights are the same in both layouts. Format 1 (`.weights.h5` files written before the
+record) is read too. This module knows no
 file layout: builders, `weights` and training read and write records through it.
 """
 
@@ -46,10 +49,11 @@ class Architecture:
     bn_epsilon: float
     include_top: bool
     classes: int | None
-    bn_momentum: float = 0.9
+    bn_momentum: float = specs.BN_MOMENTUM
     pooling: str | None = None
     classifier_activation: str | None = "softmax"
     input_shape: tuple | None = None
+    data_format: str = "channels_last"
 
     @property
     def name(self):
@@ -60,9 +64,15 @@ class Architecture:
         """The builder keyword arguments that make this network (spec and residual aside)."""
         fields = dataclasses.asdict(self)
         del fields["spec"], fields["residual"]
+        fields["input_shape"] = self.layout_input_shape
         if not self.include_top:
             del fields["classes"]
         return fields
+
+    @property
+    def layout_input_shape(self):
+        """`input_shape` ordered as the data format orders it: the Keras Input's shape."""
+        return specs.in_layout(self.input_shape, self.data_format)
 
     def to_json(self):
         fields = dataclasses.asdict(self)

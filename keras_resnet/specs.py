@@ -12,6 +12,14 @@ BLOCK_KINDS = ("basic", "bottleneck")
 STEM_KINDS = ("imagenet", "cifar")
 SHORTCUTS = ("A", "B", "C")
 STRIDE_PLACEMENTS = ("1x1", "3x3")
+# Keras' two image layouts: (height, width, channels) and (channels, height, width).
+DATA_FORMATS = ("channels_last", "channels_first")
+
+# The paper's choices for what the tables leave open: shortcut B on ImageNet and A on CIFAR
+# (sections 3.3 and 4.2), and keras.applications' BN (epsilon 1.001e-5, momentum 0.9).
+DEFAULT_SHORTCUT = {"imagenet": "B", "cifar": "A"}
+BN_EPSILON = 1.001e-5
+BN_MOMENTUM = 0.9
 
 IMAGENET_WIDTHS = (64, 128, 256, 512)
 CIFAR_WIDTHS = (16, 32, 64)
@@ -27,6 +35,8 @@ IMAGENET_DEPTHS = {
 
 # Section 4.2 and Table 6: the n of each published 6n+2 net.
 CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
+# The plain CIFAR nets of section 4.2 (Fig. 6 left, and plain-110 of its caption).
+PLAIN_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +91,22 @@ def cifar_spec(n: int) -> NetSpec:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n={n!r} must be an integer >= 1 (depth 6n+2)")
     return NetSpec("basic", (n, n, n), CIFAR_WIDTHS, "cifar")
+
+
+def in_layout(shape, data_format):
+    """A (height, width, channels) image shape as `data_format` orders it."""
+    if shape is None or data_format == "channels_last":
+        return shape
+    height, width, channels = shape
+    return (channels, height, width)
+
+
+def as_height_width_channels(shape, data_format):
+    """A `data_format`-ordered image shape as (height, width, channels): the records' order."""
+    if shape is None or data_format == "channels_last":
+        return shape
+    channels, height, width = shape
+    return (height, width, channels)
 
 
 def cifar_n_for_depth(depth: int) -> int:

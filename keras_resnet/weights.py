@@ -485,6 +485,7 @@ def describe(model):
     include_top = "predictions" in names
     head = model.get_layer("predictions") if include_top else None
     pooling = {"avg_pool": "avg", "max_pool": "max"}
+    data_format = model.get_layer("conv1_conv").data_format
     return Architecture(
         specs.NetSpec(block, blocks, widths, "imagenet" if "pool1_pool" in names else "cifar"),
         residual,
@@ -496,7 +497,8 @@ def describe(model):
         bn_momentum=float(model.get_layer("conv1_bn").momentum),
         pooling=None if include_top else next((pooling[n] for n in pooling if n in names), None),
         classifier_activation=keras.activations.serialize(head.activation) if include_top else None,
-        input_shape=tuple(model.input_shape[1:]),
+        input_shape=specs.as_height_width_channels(tuple(model.input_shape[1:]), data_format),
+        data_format=data_format,
     )
 
 

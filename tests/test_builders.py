@@ -1,7 +1,12 @@
 """Builders against the paper's tables, published parameter counts and section 3.3."""
 
 import inspect
+import json
+import os
 import pydoc
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -299,3 +304,171 @@ def test_positional_arguments_bind_as_in_keras_applications():
     assert model.output_shape == (None, 64)
     with pytest.raises(TypeError, match="stride"):
         keras_resnet.ResNet20(stride="1x1")
+
+
+# channels_first: the layout keras.applications follows from keras.config.image_data_format().
+
+
+@pytest.fixture
+def channels_first():
+    """Keras' image data format set to channels_first for one test, then restored."""
+    before = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    yield
+    keras.config.set_image_data_format(before)
+
+
+def test_builders_follow_the_image_data_format(channels_first):
+    model = keras_resnet.ResNet18(include_top=False, input_shape=(3, 64, 96))
+    assert model.output.shape == (None, 512, 2, 3)
+    assert model.get_layer("conv1_bn").axis == 1
+    architecture = model.record.architecture
+    assert architecture.data_format == "channels_first"
+    assert architecture.input_shape == (64, 96, 3)  # records say (height, width, channels) in either layout
+    assert keras_resnet.ResNet20(include_top=False, data_format="channels_last").output.shape == (None, None, None, 64)
+
+
+@pytest.mark.parametrize(
+    "builder, expected",
+    [
+        pytest.param(
+            keras_resnet.ResNet18,
+            {"C2": (64, 16), "C3": (128, 8), "C4": (256, 4), "C5": (512, 2)},
+            marks=pytest.mark.slow,
+        ),
+        (keras_resnet.ResNet20, {"C2": (16, 64), "C3": (32, 32), "C4": (64, 16)}),
+    ],
+)
+def test_channels_first_features_heads_and_flops(builder, expected):
+    kwargs = {"include_top": False, "input_shape": (3, 64, 64), "data_format": "channels_first"}
+    features = builder(return_features=True, **kwargs)
+    assert {k: tuple(v.shape) for k, v in features.output.items()} == {
+        k: (None, c, s, s) for k, (c, s) in expected.items()
+    }
+    assert builder(pooling="max", **kwargs).output.shape == (None, expected[max(expected)][0])
+    last = builder(include_top=True, input_shape=(64, 64, 3), data_format="channels_last")
+    first = builder(include_top=True, input_shape=(3, 64, 64), data_format="channels_first")
+    assert keras_resnet.count_flops(first) == keras_resnet.count_flops(last)
+    assert keras_resnet.count_flops(first, input_shape=(3, 128, 128)) == keras_resnet.count_flops(
+        last, input_shape=(128, 128, 3)
+    )
+
+
+def test_option_a_pads_the_channel_axis_of_either_layout():
+    """The zero channels of shortcut A follow the input's channels on the channel axis."""
+    from keras_resnet.blocks import ZeroPadShortcut
+
+    x = np.random.default_rng(2).normal(size=(2, 6, 6, 16)).astype("float32")
+    expected = np.concatenate([x[:, ::2, ::2, :], np.zeros((2, 3, 3, 16), "float32")], axis=-1)
+    last = ZeroPadShortcut(32, 2, "channels_last")
+    first = ZeroPadShortcut(32, 2, "channels_first")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(last(x)), expected)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(first(x.transpose(0, 3, 1, 2))), expected.transpose(0, 3, 1, 2)
+    )
+    assert first.compute_output_shape((None, 16, 6, 6)) == (None, 32, 3, 3)
+    assert ZeroPadShortcut.from_config(first.get_config()).data_format == "channels_first"
+
+
+def test_records_without_a_data_format_mean_channels_last():
+    record = keras_resnet.ResNet20().record
+    data = record.to_json()
+    assert data["architecture"]["data_format"] == "channels_last"
+    del data["architecture"]["data_format"]
+    assert keras_resnet.Record.from_json(data).architecture.data_format == "channels_last"
+    first = keras_resnet.ResNet20(data_format="channels_first").record
+    assert keras_resnet.Record.from_text(first.to_text()) == first
+
+
+def test_a_bad_data_format_or_input_shape_names_the_value():
+    with pytest.raises(ValueError, match=r"data_format='channels_middle' is not one of"):
+        keras_resnet.ResNet20(data_format="channels_middle")
+    with pytest.raises(ValueError, match=r"input_shape=\(32, 32\) must be \(channels, height, width\)"):
+        keras_resnet.ResNet20(data_format="channels_first", input_shape=(32, 32))
+
+
+@pytest.mark.slow
+def test_a_channels_first_keras_file_is_served_as_its_channels_last_twin(tmp_path):
+    """Serving graphs take (height, width, channels) images: the exporters' source is the
+    same network rebuilt channels_last, with the same weights, and records channels_last."""
+    from keras_resnet.export import sources
+
+    model = keras_resnet.ResNet20(data_format="channels_first", classifier_activation=None)
+    path = str(tmp_path / "r20.keras")
+    model.save(path)
+    source = sources.from_keras_file(path, preprocess_mode="pixel_mean", mean=np.zeros(3, "float32"))
+    assert source.model.input_shape == (None, 32, 32, 3)
+    assert source.record.architecture.data_format == "channels_last"
+    for mine, theirs in zip(source.model.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+JAX_CHANNELS_FIRST = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras
+    import keras_resnet
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    files = json.loads(sys.argv[1])
+    x = np.load(files["photos224"])
+    for data_format, batch in (("channels_last", x), ("channels_first", x.transpose(0, 3, 1, 2))):
+        model = keras_resnet.ResNet50(weights=files["keras_applications"], classifier_activation=None,
+                                      data_format=data_format)
+        np.save(files[f"resnet50_{data_format}"], keras.ops.convert_to_numpy(model(batch, training=False)))
+        backbone = keras_resnet.ResNet20(weights=files["own"], include_top=False, return_features=True,
+                                         data_format=data_format)
+        x32 = np.load(files["photos32"])
+        features = backbone(x32.transpose(0, 3, 1, 2) if data_format == "channels_first" else x32, training=False)
+        for key, value in features.items():
+            np.save(files[f"resnet20_{key}_{data_format}"], keras.ops.convert_to_numpy(value))
+    """
+)
+
+
+@pytest.mark.slow
+def test_channels_first_on_jax_gives_the_channels_last_outputs(tmp_path, rel_diff):
+    """On JAX (NCHW convolutions on a CPU), keras.applications' weights layout and
+    keras_resnet's own file load into a channels_first net that gives the channels_last
+    outputs on the transposed batch: ResNet-50 logits and ResNet-20's features (shortcut A),
+    nets with trained-like BN statistics, real photos. keras.applications itself on
+    TensorFlow is the reference for the channels_last run."""
+    pytest.importorskip("jax", reason="jax is in the dev extras; install it to run the backend check")
+    from test_weights import write_published_h5
+
+    from keras_resnet.testing import sample_photos, with_trained_statistics
+
+    files = {name: str(tmp_path / f"{name}.npy") for name in ("photos224", "photos32")}
+    files.update(keras_applications=str(tmp_path / "resnet50.h5"), own=str(tmp_path / "resnet20.weights.h5"))
+    photos = keras_resnet.preprocess_input(sample_photos(224, count=4), "caffe")
+    reference = with_trained_statistics(keras.applications.ResNet50(weights=None, classifier_activation=None), photos)
+    write_published_h5(reference, files["keras_applications"])
+    small = keras_resnet.preprocess_input(sample_photos(32, count=8, seed=1), "caffe")
+    resnet20 = with_trained_statistics(keras_resnet.ResNet20(include_top=False, shortcut="A"), small, seed=1)
+    keras_resnet.weights.save(resnet20, files["own"], "caffe")
+    np.save(files["photos224"], photos)
+    np.save(files["photos32"], small)
+    for data_format in ("channels_last", "channels_first"):
+        files[f"resnet50_{data_format}"] = str(tmp_path / f"resnet50_{data_format}.npy")
+        for key in ("C2", "C3", "C4"):
+            files[f"resnet20_{key}_{data_format}"] = str(tmp_path / f"resnet20_{key}_{data_format}.npy")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_CHANNELS_FIRST, json.dumps(files)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last, first = (np.load(files[f"resnet50_{f}"]) for f in ("channels_last", "channels_first"))
+    assert rel_diff(last, keras.ops.convert_to_numpy(reference(photos, training=False))) <= 1e-5
+    print(f"ResNet-50 on JAX: channels_first vs channels_last {rel_diff(first, last):.2e} relative")
+    assert rel_diff(first, last) <= 1e-5
+    assert np.std(last) > 0.1  # logits of a classifier, not a collapsed net
+    features = keras_resnet.ResNet20(include_top=False, return_features=True)
+    features.set_weights(resnet20.get_weights())
+    for key, expected in features(small, training=False).items():
+        last, first = (np.load(files[f"resnet20_{key}_{f}"]) for f in ("channels_last", "channels_first"))
+        assert rel_diff(last, keras.ops.convert_to_numpy(expected)) <= 1e-5, key
+        assert rel_diff(first.transpose(0, 2, 3, 1), last) <= 1e-5, key

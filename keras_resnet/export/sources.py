@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from keras_resnet import weights as weights_lib
+from keras_resnet.builders import with_data_format
 from keras_resnet.loading import load
 from keras_resnet.preprocessing import check_mode
 from keras_resnet.record import Record, check_preprocessing
@@ -100,7 +101,12 @@ def load_mean(path):
 
 
 def _check(source):
-    """Refuse a source the serving graph cannot wrap, naming what is wrong."""
+    """Refuse a source the serving graph cannot wrap, naming what is wrong. A channels_first
+    network is served as its channels_last twin (same weights): clients send HWC images."""
+    if getattr(source.model, "record", None) is not None:
+        model = with_data_format(source.model, "channels_last")
+        record = source.record and source.record.replace(architecture=model.record.architecture)
+        source = dataclasses.replace(source, model=model, record=record)
     check_mode(source.preprocess_mode, source.mean)
     shape = source.model.input_shape
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] != 3 or None in shape[1:3]:
@@ -222,7 +228,7 @@ def from_builder(
     if recorded is not None and "input_shape" not in kwargs:
         fixed = _fixed_size(recorded)
         kwargs = {**kwargs, **({"input_shape": fixed} if fixed else {})}
-    model = builder(weights=weights, **kwargs)
+    model = builder(weights=weights, **{"data_format": "channels_last", **kwargs})
     where = f"weights {weights!r}" if weights is not None else f"an untrained {model_name}"
     mode, mean = check_preprocessing(model.record, preprocess_mode, mean, where=where)
     record = model.record.replace(preprocess_mode=mode, mean=mean)
