@@ -3,6 +3,7 @@ not import keras_resnet, against the Keras model and the evaluation pipeline's c
 bad requests answered with errors; saved_model_cli; warm-up; versions; atomicity; one
 exporter at a time; leftovers of killed exports; bad input."""
 
+import dataclasses
 import io
 import os
 import pickle
@@ -396,7 +397,7 @@ def test_failed_verification_leaves_no_version_dir(exported, tmp_path, monkeypat
         assert os.path.isfile(os.path.join(path, "saved_model.pb"))  # the files were written
         raise verify.VerificationError("injected failure")
 
-    monkeypatch.setattr(verify, "verify_saved_model", fail_after_writing)
+    monkeypatch.setattr(saved_model, "FORMAT", dataclasses.replace(saved_model.FORMAT, verify=fail_after_writing))
     base = tmp_path / "models"
     with pytest.raises(verify.VerificationError, match="injected"):
         saved_model.export_saved_model(sources.from_run_dir(exported["run"]), str(base), log=lambda _: None)

@@ -105,15 +105,6 @@ def lock(target):
         os.close(fd)
 
 
-def staging_file(target):
-    """A new hidden file beside `target`, named for it (same file system: renaming it onto
-    `target` is atomic)."""
-    directory, name = os.path.split(os.path.abspath(target))
-    fd, path = tempfile.mkstemp(dir=directory, prefix=f"{STAGING_PREFIX}{name}-", suffix=os.path.splitext(name)[1])
-    os.close(fd)
-    return path
-
-
 def staging_dir(target):
     """A new hidden directory beside `target`, named for it."""
     directory, name = os.path.split(os.path.abspath(target))
@@ -138,28 +129,28 @@ def remove_leftovers(directory, names, log=print):
     return removed
 
 
-@contextlib.contextmanager
-def discarded_on_failure(staged):
-    """Remove every staged file ({tag: path}, filled inside the block) if the block fails, so
-    that a failed export leaves nothing beside its target."""
-    try:
-        yield staged
-    except BaseException:
-        for path in staged.values():
-            if os.path.exists(path):
-                os.unlink(path)
-        raise
+def replace(source, target):
+    """Move the staged file or directory `source` onto `target`, world-readable. A file is
+    replaced atomically; an existing directory (a version replaced with overwrite) is moved
+    aside only just before, and deleted after."""
+    os.chmod(source, 0o755 if os.path.isdir(source) else 0o644)
+    if not os.path.isdir(target):
+        os.replace(source, target)
+        return
+    retired = os.path.join(os.path.dirname(target), f"{RETIRED_PREFIX}{os.path.basename(target)}-{os.getpid()}")
+    os.rename(target, retired)
+    os.rename(source, target)
+    shutil.rmtree(retired)
 
 
 def publish(staged, targets, overwrite, log, files=lambda path: (path,)):
-    """Rename every staged copy ({tag: path}) onto its target ({tag: path}), world-readable;
-    with overwrite, remove the copies an earlier export left that this one did not write.
-    `files(path)`: the files of a copy, a companion before the file that names it (an
-    OpenVINO .bin before its .xml). Returns {tag: published path}."""
+    """Move every staged copy ({tag: path}) onto its target ({tag: path}); with overwrite,
+    remove the copies an earlier export left that this one did not write. `files(path)`: the
+    files of a copy, a companion before the file that names it (an OpenVINO .bin before its
+    .xml). Returns {tag: published path}."""
     for tag, path in staged.items():
         for source, target in zip(files(path), files(targets[tag])):
-            os.chmod(source, 0o644)
-            os.replace(source, target)
+            replace(source, target)
     for tag, target in targets.items():
         if tag not in staged and overwrite and os.path.exists(target):
             for path in files(target):
