@@ -32,6 +32,11 @@ def check_writable(path, flag):
     """Refuse, before any model is loaded, a target under which no file can be written: the
     nearest existing directory on its way must accept one (a real write, so a read-only
     mount is caught as well as permissions). `flag` names the option to change."""
+    if "://" in str(path):
+        raise ValueError(
+            f"{path!r} is a URL: {flag} must be a local path (export to a local directory, then copy it, e.g. with "
+            "gsutil -m cp -r or tf.io.gfile)"
+        )
     directory = nearest_directory(path)
     if not os.path.isdir(directory):
         raise ValueError(f"{directory!r} is a file, not a directory: choose another {flag}")
@@ -58,10 +63,10 @@ def check_targets(path, suffix, targets, overwrite, note=""):
     export to it may write) that is a directory or exists without overwrite."""
     if not str(path).endswith(suffix):
         raise ValueError(f"output path {path!r} must end in {suffix}{note}")
+    check_writable(os.path.dirname(path) or ".", "--output")
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"{directory!r} is a file, not a directory")
-    check_writable(directory, "--output")
     for target in targets(path):
         if os.path.isdir(target):
             raise ValueError(f"{target!r} is a directory")
