@@ -157,15 +157,17 @@ def _reason(error):
 @contextlib.contextmanager
 def refused_writes(path, flag):
     """Turn a write the file system refuses inside the block (full, read-only, not
-    permitted) into a TargetError naming `path` and `flag`, the option that chooses it."""
+    permitted) into a TargetError naming the file (`path` where the error names none) and
+    `flag`, the option that chooses the place."""
     try:
         yield
     except Exception as error:
         if not _is_target_fault(error):
             raise
+        where = getattr(error, "filename", None) or path  # a file elsewhere (a temporary one) is named
         raise TargetError(
-            f"cannot write {os.path.abspath(path)!r} ({_reason(error)}): nothing was published there; free space "
-            f"there or choose another {flag}"
+            f"cannot write {os.path.abspath(where)!r} ({_reason(error)}): nothing was published; free space there "
+            f"or choose another {flag}"
         ) from None
 
 
