@@ -96,7 +96,7 @@ def verify_litert(path, graph, reference=None, *, batch_sizes=verify.BATCH_SIZES
 
 def write(graph, staged, *, calibration_images=None):
     """Write every requested copy to its staging path in `staged` ({tag: path})."""
-    for tag, data in convert(graph, staged, calibration_images).items():
+    for tag, data in convert(graph, list(staged), calibration_images).items():
         with open(staged[tag], "wb") as f:
             f.write(data)
 
