@@ -1,5 +1,11 @@
-"""What the LiteRT and OpenVINO export tests share: trained-statistics nets and the Keras
-model's own answers on the same images."""
+"""What the export tests share: trained-statistics nets, the Keras model's own answers on
+the same images, and directories the file system refuses to write (read-only, full)."""
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
 
 import numpy as np
 
@@ -21,3 +27,53 @@ def keras_outputs(source, images):
     """(logits in float64, softmax probabilities) of the Keras model on RGB 0..255 images."""
     x = preprocess_input(np.asarray(images, dtype="float32"), source.preprocess_mode, source.mean)
     return verify.keras_reference(source, images)[0], np.asarray(source.model(x, training=False))
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, options):
+    """A tmpfs mounted at `path` (created) with mount `options` while the block runs."""
+    os.makedirs(path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", path], check=True)
+        os.rmdir(path)
+
+
+@contextlib.contextmanager
+def read_only_dir(path):
+    """An empty directory at `path` under which nobody can write: mode 555, or for root, whom
+    modes do not stop, a read-only tmpfs."""
+    if os.geteuid() == 0:
+        with mounted_tmpfs(path, "ro,size=64k") as directory:
+            yield directory
+        return
+    os.makedirs(path, mode=0o555)
+    try:
+        yield path
+    finally:
+        os.chmod(path, 0o755)
+
+
+def limit_file_size(size):
+    """A subprocess preexec_fn: files of the process grow to `size` bytes at most (a write
+    past it fails with EFBIG, as a full disk fails with ENOSPC)."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+@contextlib.contextmanager
+def small_disk(path, size):
+    """(directory, preexec_fn) where `size` bytes fill the disk: a tmpfs of that size for root,
+    else the directory with each file of the exporting process held to that size."""
+    if os.geteuid() == 0:
+        with mounted_tmpfs(path, f"size={size}") as directory:
+            yield directory, None
+        return
+    os.makedirs(path)
+    yield path, limit_file_size(size)

@@ -3,6 +3,7 @@ ResNet-20 (and ResNet-50, slow) at batch 1, 3 and 8, a really dynamic batch axis
 onnx.checker, the metadata, fp16, an export that differs failing, all-or-nothing files, one
 exporter at a time, and bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -154,7 +155,7 @@ def test_failed_verification_leaves_no_file(tmp_path, monkeypatch):
         assert os.path.getsize(path) > 0  # the model was written before the check
         raise verify.VerificationError("injected failure")
 
-    monkeypatch.setattr(verify, "verify_onnx", fail)
+    monkeypatch.setattr(onnx_export, "FORMAT", dataclasses.replace(onnx_export.FORMAT, verify=fail))
     with pytest.raises(verify.VerificationError, match="injected"):
         onnx_export.export_onnx(sources.ModelSource(trained_model("resnet20", "tf", 0), "tf"), str(tmp_path / "m.onnx"))
     assert os.listdir(tmp_path) == []
@@ -194,7 +195,7 @@ def onnx_files(directory):
 
 def test_a_failed_int8_check_leaves_nothing_and_overwrite_drops_stale_copies(tmp_path):
     """All of m.onnx, m.fp16.onnx, m.int8.onnx or none; a rerun works; --overwrite without
-    --fp16 removes the earlier m.fp16.onnx; a killed export's staging file goes."""
+    --fp16 removes the earlier m.fp16.onnx; a killed export's staging dir goes."""
     source = sources.ModelSource(trained_model("resnet20", "tf", 7), "tf")
     target = str(tmp_path / "m.onnx")
     photos = sample_photos(32, 32, seed=8)
@@ -208,11 +209,11 @@ def test_a_failed_int8_check_leaves_nothing_and_overwrite_drops_stale_copies(tmp
     os.unlink(target)  # the fp16 copy of a model no longer there would sit beside the new one
     with pytest.raises(ValueError, match="m.fp16.onnx' exists"):
         onnx_export.export_onnx(source, target, log=print)
-    leftover = staging.staging_file(str(tmp_path / "m.fp16.onnx"))  # as a killed export leaves it
-    other = staging.staging_file(str(tmp_path / "other.onnx"))  # another target's: not ours to remove
+    leftover = staging.staging_dir(str(tmp_path / "m.onnx"))  # as a killed export leaves it
+    other = staging.staging_dir(str(tmp_path / "other.onnx"))  # another target's: not ours to remove
     lines = []
     onnx_export.export_onnx(source, target, overwrite=True, log=lines.append)
-    assert onnx_files(tmp_path) == sorted(["m.onnx", os.path.basename(other)])
+    assert onnx_files(tmp_path) == ["m.onnx"] and os.path.isdir(other)
     assert not os.path.exists(leftover) and any("m.fp16.onnx: an earlier export's fp16 copy" in x for x in lines)
 
 

@@ -1,6 +1,7 @@
 """TF Serving's knobs beside the SavedModel: batching parameters chosen from measured
 latencies, warm-up requests at every allowed batch size (run through the SavedModel's own
-signatures), version labels in models.config (parsed with the serving protos)."""
+signatures), version labels in models.config (parsed with the serving protos), a hand-written
+models.config entry kept and a malformed models.config refused before anything is written."""
 
 import os
 
@@ -39,6 +40,24 @@ def test_bad_latencies_and_labels_are_refused():
             tf_serving.check_label(label)
 
 
+# A model served from elsewhere, as a user writes it by hand: TF Serving's own field names, a
+# version policy and a label of its own.
+HAND_WRITTEN = """model_config_list {
+  config {
+    name: "hand"
+    base_path: "/elsewhere/hand"
+    model_platform: "tensorflow"
+    model_version_policy { latest { num_versions: 2 } }
+    version_labels { key: "prod" value: 7 }
+  }
+}
+"""
+
+
+def parsed_config(text):
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Two versions of a trained-statistics ResNet-20 under one base path: the first with
@@ -47,6 +66,8 @@ def exported(tmp_path_factory):
     with_trained_statistics(model, preprocess_input(sample_photos(32, 16), "tf"))
     source = sources.ModelSource(model, "tf", name="resnet20")
     base = str(tmp_path_factory.mktemp("serving"))
+    with open(os.path.join(base, tf_serving.MODELS_CONFIG), "w") as f:
+        f.write(HAND_WRITTEN)
     lines = []
     first = saved_model.export_saved_model(source, base, batching=True, version_label="stable", log=lines.append)
     second = saved_model.export_saved_model(source, base, version_label="canary", log=lines.append)
@@ -90,9 +111,22 @@ def test_labels_are_kept_across_exports_and_their_versions_served(exported):
     config = model_server_config_pb2.ModelServerConfig()
     with open(os.path.join(base, tf_serving.MODELS_CONFIG)) as f:
         text_format.Parse(f.read(), config)
-    (entry,) = config.model_config_list.config
+    hand, entry = config.model_config_list.config
+    assert hand == parsed_config(HAND_WRITTEN).model_config_list.config[0]
     assert (
         dict(entry.version_labels) == {"stable": first.version, "canary": second.version} == {"stable": 1, "canary": 2}
     )
     assert list(entry.model_version_policy.specific.versions) == [1, 2]
     assert "--allow_version_labels_for_unavailable_models" in tf_serving.serving_instructions(base, "resnet20")
+
+
+def test_a_malformed_models_config_is_refused_naming_its_line_before_anything_is_written(tmp_path):
+    broken = HAND_WRITTEN.replace("num_versions: 2", "num_versions: two")
+    (tmp_path / tf_serving.MODELS_CONFIG).write_text(broken)
+    source = sources.ModelSource(keras_resnet.get_builder("resnet20")(), "tf", name="third")
+    with pytest.raises(
+        ValueError, match=r"models.config' line 6 is not TF Serving's ModelServerConfig .*fix that line"
+    ):
+        saved_model.export_saved_model(source, str(tmp_path), log=print)
+    assert os.listdir(tmp_path) == [tf_serving.MODELS_CONFIG]
+    assert (tmp_path / tf_serving.MODELS_CONFIG).read_text() == broken

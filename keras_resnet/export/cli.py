@@ -1,5 +1,6 @@
-"""absl flags shared by the exporters' entry points: where the model comes from, which
-reduced-precision copies to write, and the main body of an exporter that writes them."""
+"""The one flag set of the four exporters' entry points (where the model comes from, how the
+served model answers, where its files go and which reduced-precision copies to write) and
+the main body they share."""
 
 from __future__ import annotations
 
@@ -81,20 +82,46 @@ def define_source_flags(flag_values=flags.FLAGS):
     )
 
 
-def define_variant_flags(output_help, int8_help, eval_help, overwrite_help, flag_values=flags.FLAGS):
-    """--output, --int8, --calibration_count, --eval_count, --top_k, --overwrite: what every
-    exporter with reduced-precision copies takes; the helps say what this format writes."""
-    flags.DEFINE_string("output", None, output_help, required=True, flag_values=flag_values)
-    flags.DEFINE_bool("int8", False, int8_help, flag_values=flag_values)
-    flags.DEFINE_integer("calibration_count", 300, "Training images for int8 calibration.", flag_values=flag_values)
-    flags.DEFINE_integer("eval_count", 1000, eval_help, flag_values=flag_values)
+def define_export_flags(overwrite_help, flag_values=flags.FLAGS):
+    """--overwrite and --top_k: what every exporter takes beside the source flags."""
+    flags.DEFINE_bool("overwrite", False, overwrite_help, flag_values=flag_values)
     flags.DEFINE_integer(
         "top_k",
         None,
         "How many classes top_k_classes / top_k_scores return (default: 5, or all if fewer).",
         flag_values=flag_values,
     )
-    flags.DEFINE_bool("overwrite", False, overwrite_help, flag_values=flag_values)
+
+
+def define_file_flags(suffix, copies, int8_help, flag_values=flags.FLAGS):
+    """The flags of an exporter of one `suffix` file with reduced-precision `copies` (their
+    tags, as the help prints them) beside it: the source flags, --overwrite, --top_k,
+    --output, --int8, --calibration_count, --eval_count."""
+    define_source_flags(flag_values)
+    define_export_flags(
+        f"Replace existing output files (and remove an earlier export's {copies} copies not rewritten).", flag_values
+    )
+    flags.DEFINE_string(
+        "output",
+        None,
+        f"The {suffix} file to write (the {copies} copies go beside it).",
+        required=True,
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "int8",
+        False,
+        f"Also write {int8_help}, calibrated on --calibration_count training images of --dataset.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("calibration_count", 300, "Training images for int8 calibration.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "eval_count",
+        1000,
+        f"Test images on which the {copies} copies are compared with the float64 network (accuracy and top-1 "
+        "agreement).",
+        flag_values=flag_values,
+    )
 
 
 def source_from_flags(flag_values=flags.FLAGS):
@@ -117,7 +144,7 @@ def source_from_flags(flag_values=flags.FLAGS):
             f.model_dir, preprocess_mode=f.preprocess_mode, class_names=names, name=f.model_name
         )
         overrides = {key: getattr(f, key) for key in ("dataset", "data_dir") if getattr(f, key)}
-        return dataclasses.replace(source, **overrides)
+        return default_name_made_valid(dataclasses.replace(source, **overrides), f)
     mean = sources.load_mean(f.mean_file) if f.mean_file else None
     common = dict(
         preprocess_mode=f.preprocess_mode,
@@ -128,8 +155,19 @@ def source_from_flags(flag_values=flags.FLAGS):
         data_dir=f.data_dir,
     )
     if f.keras_file:
-        return sources.from_keras_file(f.keras_file, **common)
+        return default_name_made_valid(sources.from_keras_file(f.keras_file, **common), f)
     return sources.from_builder(f.model, weights=f.weights, **common)
+
+
+def default_name_made_valid(source, flag_values=flags.FLAGS):
+    """A served name taken from a path (no --model_name given) made valid, saying so."""
+    from keras_resnet.export import tf_serving
+
+    if flag_values.model_name or tf_serving.MODEL_NAME.match(source.name):
+        return source
+    name = tf_serving.valid_model_name(source.name)
+    print(f"serving {source.name!r} as {name!r} (a model name is letters, digits, '_', '-' or '.'; --model_name)")
+    return dataclasses.replace(source, name=name)
 
 
 def exit_on_error(function, *args, **kwargs):
@@ -153,26 +191,37 @@ def real_images(source, other_copies, flag_values=flags.FLAGS):
     return None, None, None
 
 
-def export_from_flags(argv, check_output, export, *, other_copies=False, flag_values=flags.FLAGS, **options):
-    """An exporter's main: the output checked before the model loads, then `export` (its
-    keyword `options` beside the shared flags' values); a bad input or a failed check exits
-    non-zero with its message. `other_copies`: copies besides int8 are asked for."""
+def export_from_flags(argv, check, export, **options):
+    """An exporter's main: `check()` (the target, before the model loads), then
+    `export(source, **options)`; a bad input or a failed check exits non-zero with its
+    message. Returns what `export` returns."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # the converters log every step at INFO
+    exit_on_error(check)
+    source = exit_on_error(source_from_flags)
+    return exit_on_error(export, source, **options)
+
+
+def export_file_from_flags(argv, check_output, export_file, *, other_copies=False, flag_values=flags.FLAGS, **options):
+    """The main of an exporter defined by define_file_flags: `check_output(--output,
+    --overwrite)`, then `export_file(source, --output, ...)` with the real images int8 and
+    the other copies need; `options`: its own flags' values. `other_copies`: copies besides
+    int8 are asked for."""
     f = flag_values
-    exit_on_error(check_output, f.output, f.overwrite)
-    source = exit_on_error(source_from_flags, f)
-    calibration_images, eval_images, eval_labels = exit_on_error(real_images, source, other_copies, f)
-    return exit_on_error(
-        export,
-        source,
-        f.output,
-        int8=f.int8,
-        calibration_images=calibration_images,
-        eval_images=eval_images,
-        eval_labels=eval_labels,
-        top_k=f.top_k,
-        overwrite=f.overwrite,
-        **options,
-    )
+
+    def export(source):
+        calibration_images, eval_images, eval_labels = real_images(source, other_copies, f)
+        return export_file(
+            source,
+            f.output,
+            int8=f.int8,
+            calibration_images=calibration_images,
+            eval_images=eval_images,
+            eval_labels=eval_labels,
+            top_k=f.top_k,
+            overwrite=f.overwrite,
+            **options,
+        )
+
+    return export_from_flags(argv, lambda: check_output(f.output, f.overwrite), export)

@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from keras_resnet.export import staging, variants, verify
+from keras_resnet.export import publish, variants, verify
 from keras_resnet.export.graph import FLOAT_SIGNATURE, IMAGES, ServingGraph
 
 SUFFIX = ".tflite"
@@ -37,17 +37,6 @@ class LiteRTExport:
     differences: dict
     reports: dict
     accuracy: dict | None = None
-
-
-def family(path):
-    """{tag: path} of every file an export to `path` may write."""
-    return staging.family(path, SUFFIX, VARIANTS)
-
-
-def check_output(path, overwrite):
-    """Refuse, before any model is loaded, a target that is not a .tflite path in a writable
-    directory, or whose files exist without overwrite."""
-    staging.check_targets(path, SUFFIX, lambda path: family(path).values(), overwrite)
 
 
 def _float_signature_dir(graph, directory):
@@ -98,11 +87,23 @@ def runner(path, num_threads=None):
     return run
 
 
-def verify_litert(path, graph, reference=None, *, batch_sizes=verify.BATCH_SIZES, name=None, log=print, **bound):
-    """The float32 file at `path` (printed as `name`) in the LiteRT interpreter on real photos
-    at each batch size, against the float64 network. Returns {"batch<n>": distances}."""
-    label = f"LiteRT {name or os.path.basename(path)}"
+def verify_litert(path, graph, reference=None, *, batch_sizes=verify.BATCH_SIZES, log=print, **bound):
+    """The float32 file at `path` in the LiteRT interpreter on real photos at each batch
+    size, against the float64 network. Returns {"batch<n>": distances}."""
+    label = f"LiteRT {os.path.basename(path)}"
     return variants.verify_float32(label, runner(path), graph, reference, batch_sizes=batch_sizes, log=log, **bound)
+
+
+def write(graph, staged, *, calibration_images=None):
+    """Write every requested copy to its staging path in `staged` ({tag: path})."""
+    for tag, data in convert(graph, list(staged), calibration_images).items():
+        with open(staged[tag], "wb") as f:
+            f.write(data)
+
+
+FORMAT = publish.Format("LiteRT", write, verify_litert, runner, suffix=SUFFIX, variants=VARIANTS)
+family = FORMAT.family
+check_output = FORMAT.check_output
 
 
 def export_litert(
@@ -112,53 +113,23 @@ def export_litert(
     fp16=False,
     dynamic_int8=False,
     int8=False,
-    calibration_images=None,
-    eval_images=None,
-    eval_labels=None,
     top_k=None,
     overwrite=False,
-    int8_min_agreement=variants.INT8_MIN_AGREEMENT,
-    reference=None,
     log=print,
-    **bound,
+    **checks,
 ):
     """Export `source` to `output_path` (float32 .tflite), plus `*.fp16.tflite`,
     `*.dynamic_int8.tflite`, `*.int8.tflite` if asked.
 
     float32 is verified in the LiteRT interpreter against the float64 network on photos at
-    batch 1 and 8 (`bound`: verify.check_float32's factor and floor). int8 is calibrated on
-    `calibration_images` (real training images). The copies are compared with the float64
-    network on `eval_images` (held-out, with `eval_labels` their accuracy beside float32's;
-    else the calibration images) and must meet the ONNX copies' bounds (`int8_min_agreement=0`
-    only for nets that know none of the images). The files appear only once all passed; one
-    export per output path at a time.
+    batch 1 and 8. int8 is calibrated on `calibration_images` (real training images). The
+    copies are compared with the float64 network on `eval_images` (held-out, with
+    `eval_labels` their accuracy beside float32's; else the calibration images) and must meet
+    the ONNX copies' bounds (`int8_min_agreement=0` only for nets that know none of the
+    images); `checks`: these and the other keywords of publish.publish. The files appear
+    only once all passed; one export per output path at a time.
     """
-    check_output(output_path, overwrite)
-    if int8 and (calibration_images is None or len(calibration_images) == 0):
-        raise ValueError("int8 needs calibration_images: a few hundred real training images (--dataset)")
-    graph = ServingGraph(source, top_k=top_k, merge_pools=False)
-    reference = reference or verify.Reference(source)
     tags = ["fp32"] + [tag for tag, wanted in zip(VARIANTS, (fp16, dynamic_int8, int8)) if wanted]
-    directory = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(directory, exist_ok=True)
-    with staging.lock(output_path):
-        staging.remove_leftovers(directory, [os.path.basename(p) for p in family(output_path).values()], log)
-        check_output(output_path, overwrite)
-        with staging.discarded_on_failure({}) as staged:
-            for tag, data in convert(graph, tags, calibration_images).items():
-                staged[tag] = staging.staging_file(family(output_path)[tag])
-                with open(staged[tag], "wb") as f:
-                    f.write(data)
-            differences = verify_litert(
-                staged["fp32"], graph, reference, name=os.path.basename(output_path), log=log, **bound
-            )
-            log("LiteRT float32 within float32's rounding of the float64 network")
-            images, labels, where = variants.comparison_images(graph, calibration_images, eval_images, eval_labels)
-            runs = {tag: runner(path) for tag, path in staged.items()}
-            reports, accuracies = variants.check_all(
-                "LiteRT", runs, graph, reference, images, labels, where, int8_min_agreement, log
-            )
-            published = staging.publish(staged, family(output_path), overwrite, log)
-    for tag, path in published.items():
-        log(f"LiteRT {tag}: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
-    return LiteRTExport(published, differences, reports, accuracies)
+    make_graph = lambda: ServingGraph(source, top_k=top_k, merge_pools=False)  # noqa: E731
+    result = publish.export_file(FORMAT, make_graph, output_path, tags, overwrite=overwrite, log=log, **checks)
+    return LiteRTExport(result.paths, result.differences, result.reports, result.accuracy)

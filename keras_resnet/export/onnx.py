@@ -23,10 +23,9 @@ import textwrap
 
 import numpy as np
 
-from keras_resnet.export import staging, variants, verify
+from keras_resnet.export import publish, verify
 from keras_resnet.export.graph import IMAGES, ServingGraph
 from keras_resnet.export.stages import mark
-from keras_resnet.export.variants import INT8_MIN_AGREEMENT
 
 MIN_OPSET = 17
 CALIBRATION_COUNT = 300
@@ -61,18 +60,6 @@ def check_opset(opset):
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in allowed:
         raise ValueError(f"opset={opset!r} is not supported; allowed: {', '.join(map(str, allowed))}")
     return opset
-
-
-def family(path):
-    """{tag: path} of the files an export to `path` may write: fp32 and its fp16/int8 copies."""
-    return staging.family(path, ".onnx", VARIANTS)
-
-
-def check_output(path, overwrite):
-    """Refuse, before any model is loaded, a target that is not a .onnx path in a writable
-    directory, or whose files (the fp16/int8 copies of an earlier export included) exist
-    without overwrite."""
-    staging.check_targets(path, ".onnx", lambda path: family(path).values(), overwrite)
 
 
 def _name_batch_axes(model_proto):
@@ -267,16 +254,25 @@ def _write_proto(model_proto, path):
         f.write(model_proto.SerializeToString())
 
 
-def _stage(graph, opset, tags, output_path, staged, calibration_images):
-    """Write every requested file to its staging path in `staged` ({tag: path})."""
+def write(graph, staged, *, calibration_images=None, opset=MIN_OPSET):
+    """Write every requested copy to its staging path in `staged` ({tag: path})."""
     model_proto = convert(graph, opset)
-    for tag in tags:
-        staged[tag] = staging.staging_file(family(output_path)[tag])
     _write_proto(model_proto, staged["fp32"])
-    if "fp16" in tags:
+    if "fp16" in staged:
         _write_proto(to_fp16(model_proto), staged["fp16"])
-    if "int8" in tags:
+    if "int8" in staged:
         to_int8(staged["fp32"], staged["int8"], calibration_images)
+
+
+def runner(path):
+    """`images -> {output: array}` of the ONNX file at `path` in onnxruntime."""
+    session = verify.onnx_session(path)
+    return lambda images: verify.onnx_outputs(session, images)
+
+
+FORMAT = publish.Format("ONNX", write, verify.verify_onnx, runner, suffix=".onnx", variants=VARIANTS)
+family = FORMAT.family
+check_output = FORMAT.check_output
 
 
 def export_onnx(
@@ -286,74 +282,39 @@ def export_onnx(
     opset=MIN_OPSET,
     fp16=False,
     int8=False,
-    calibration_images=None,
-    eval_images=None,
-    eval_labels=None,
     top_k=None,
     overwrite=False,
-    int8_min_agreement=INT8_MIN_AGREEMENT,
-    reference=None,
     log=print,
-    **bound,
+    **checks,
 ):
     """Export `source` to `output_path` (float32), plus `*.fp16.onnx` / `*.int8.onnx` if asked.
 
     float32 is verified in onnxruntime against the float64 network on photos at batch 1 and
-    8 (`bound`: verify.check_float32's factor and floor). int8 is calibrated on
-    `calibration_images` (real training images). fp16 and int8 are compared with the float64
-    network on `eval_images` (held-out real images, with `eval_labels` their accuracy; else
-    the calibration images) and must meet their bounds (`int8_min_agreement=0` only for
-    untrained nets, whose near-tied logits make agreement meaningless). The files appear
-    only once all passed; one export per output path at a time.
+    8. int8 is calibrated on `calibration_images` (real training images). fp16 and int8 are
+    compared with the float64 network on `eval_images` (held-out real images, with
+    `eval_labels` their accuracy; else the calibration images) and must meet their bounds
+    (`int8_min_agreement=0` only for untrained nets, whose near-tied logits make agreement
+    meaningless); `checks`: these and the other keywords of publish.publish. The files
+    appear only once all passed; one export per output path at a time.
     """
     check_opset(opset)
-    check_output(output_path, overwrite)
-    if int8 and (calibration_images is None or len(calibration_images) == 0):
-        raise ValueError("int8 needs calibration_images: a few hundred real training images (--dataset)")
-    graph = ServingGraph(source, top_k=top_k)
-    reference = reference or verify.Reference(source)
     tags = ["fp32"] + [tag for tag, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with staging.lock(output_path):
-        directory = os.path.dirname(os.path.abspath(output_path))
-        staging.remove_leftovers(directory, [os.path.basename(p) for p in family(output_path).values()], log)
-        check_output(output_path, overwrite)
-        with staging.discarded_on_failure({}) as staged:
-            _stage(graph, opset, tags, output_path, staged, calibration_images)
-            result = {"path": output_path}
-            result["differences"] = verify.verify_onnx(staged["fp32"], graph, reference, log=log, **bound)
-            log(f"ONNX opset {opset} float32 within float32's rounding of the float64 network")
-            images, labels, where = variants.comparison_images(graph, calibration_images, eval_images, eval_labels)
-            expected = reference.logits(images)
-            for tag in tags[1:]:
-                outputs = verify.onnx_outputs(verify.onnx_session(staged[tag]), images)
-                tag_bounds = variants.bounds(tag, int8_min_agreement, labelled=labels is not None)
-                report = variants.check(f"ONNX {tag}", outputs, graph, expected, labels, tag_bounds)
-                result[f"{tag}_report"] = report
-                log(f"  {tag} vs the float64 network on {len(images)} {where}: {variants.describe(report)}")
-            if labels is not None:
-                result["accuracy"] = accuracy_report(staged, reference, images, labels)
-                log(f"  test accuracy: {variants.describe(result['accuracy'])}")
-            published = staging.publish(staged, family(output_path), overwrite, log)
-    for tag, path in published.items():
-        log(f"ONNX {tag}: {path}")
-        if tag != "fp32":
-            result[f"{tag}_path"] = path
-    return OnnxExport(**result)
-
-
-def accuracy_report(paths, reference, images, labels):
-    """Top-1 accuracy of each ONNX file ({tag: path}), of the Keras float32 model and of the
-    float64 network on labelled images, and each file's top-1 agreement with Keras float32."""
-    logits = reference.logits(images)
-    keras_top1 = logits["float32"].argmax(axis=1)
-    report = {
-        "images": int(len(labels)),
-        "keras_accuracy": float((keras_top1 == labels).mean()),
-        "float64_accuracy": float((logits["float64"].argmax(axis=1) == labels).mean()),
-    }
-    for tag, path in paths.items():
-        top1 = verify.onnx_outputs(verify.onnx_session(path), images)["logits"].argmax(axis=1)
-        report[f"{tag}_accuracy"] = float((top1 == labels).mean())
-        report[f"{tag}_agreement_with_keras"] = float((top1 == keras_top1).mean())
-    return report
+    result = publish.export_file(
+        FORMAT,
+        lambda: ServingGraph(source, top_k=top_k),
+        output_path,
+        tags,
+        overwrite=overwrite,
+        log=log,
+        write_options={"opset": opset},
+        **checks,
+    )
+    return OnnxExport(
+        result.paths["fp32"],
+        result.differences,
+        fp16_path=result.paths.get("fp16"),
+        fp16_report=result.reports.get("fp16"),
+        int8_path=result.paths.get("int8"),
+        int8_report=result.reports.get("int8"),
+        accuracy=result.accuracy,
+    )

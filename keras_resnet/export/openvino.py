@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 
 import numpy as np
 
-from keras_resnet.export import staging, variants, verify
+from keras_resnet.export import publish, variants, verify
 from keras_resnet.export.graph import ServingGraph
 
 SUFFIX = ".xml"
@@ -44,22 +43,6 @@ class OpenVINOExport:
 def weights_path(xml_path):
     """The .bin file OpenVINO reads beside `xml_path`."""
     return f"{xml_path[: -len(SUFFIX)]}.bin"
-
-
-def family(path):
-    """{tag: .xml path} of every IR an export to `path` may write."""
-    return staging.family(path, SUFFIX, VARIANTS)
-
-
-def _files(path):
-    """Every file an export to `path` may write: each IR's .xml and its .bin."""
-    return [file for xml in family(path).values() for file in (xml, weights_path(xml))]
-
-
-def check_output(path, overwrite):
-    """Refuse, before any model is loaded, a target that is not a .xml path in a writable
-    directory, or whose files exist without overwrite."""
-    staging.check_targets(path, SUFFIX, _files, overwrite, " (the IR's .bin goes beside it)")
 
 
 def convert(graph):
@@ -97,11 +80,18 @@ def runner(path, config=None):
     return run
 
 
-def verify_openvino(path, graph, reference=None, *, batch_sizes=verify.BATCH_SIZES, name=None, log=print, **bound):
-    """The float32 IR at `path` (printed as `name`) on OpenVINO's CPU in float32 on real
-    photos at each batch size, against the float64 network. Returns {"batch<n>": distances}."""
-    label = f"OpenVINO {name or os.path.basename(path)}"
-    return variants.verify_float32(label, runner(path), graph, reference, batch_sizes=batch_sizes, log=log, **bound)
+def verify_openvino(path, graph, reference=None, *, batch_sizes=verify.BATCH_SIZES, log=print, **bound):
+    """The float32 IR at `path` on OpenVINO's CPU in float32 on real photos at each batch
+    size, against the float64 network, and what the CPU's default precision computes there.
+    Returns {"batch<n>": distances, "default_precision": default_precision_report}."""
+    label = f"OpenVINO {os.path.basename(path)}"
+    report = variants.verify_float32(label, runner(path), graph, reference, batch_sizes=batch_sizes, log=log, **bound)
+    default = default_precision_report(path, graph, reference or verify.Reference(graph.source))
+    log(
+        f"  OpenVINO's default CPU precision here is {default['precision']}: logits {default['logits']:.3g} "
+        f"from float64 (compile with {FLOAT32} for float32)"
+    )
+    return {**report, "default_precision": default}
 
 
 def default_precision_report(path, graph, reference):
@@ -118,75 +108,42 @@ def default_precision_report(path, graph, reference):
     }
 
 
-def _stage(graph, tags, staged_dir, output_path, calibration_images):
-    """Write every requested IR into `staged_dir`; {tag: staged .xml path}."""
+def write(graph, staged, *, calibration_images=None):
+    """Write every requested IR to its staging path in `staged` ({tag: .xml path})."""
     import openvino
 
     model = convert(graph)
-    staged = {}
-    for tag in tags:
-        staged[tag] = os.path.join(staged_dir, os.path.basename(family(output_path)[tag]))
+    for tag, path in staged.items():
         ir = model if tag == "fp32" else quantize(model, calibration_images)
-        openvino.save_model(ir, staged[tag], compress_to_fp16=False)
-    return staged
+        openvino.save_model(ir, path, compress_to_fp16=False)
 
 
-def export_openvino(
-    source,
-    output_path,
-    *,
-    int8=False,
-    calibration_images=None,
-    eval_images=None,
-    eval_labels=None,
-    top_k=None,
-    overwrite=False,
-    int8_min_agreement=variants.INT8_MIN_AGREEMENT,
-    reference=None,
-    log=print,
-    **bound,
-):
+FORMAT = publish.Format(
+    "OpenVINO",
+    write,
+    verify_openvino,
+    runner,
+    files=lambda xml: (weights_path(xml), xml),
+    suffix=SUFFIX,
+    variants=VARIANTS,
+    note=" (the IR's .bin goes beside it)",
+)
+family = FORMAT.family
+check_output = FORMAT.check_output
+
+
+def export_openvino(source, output_path, *, int8=False, top_k=None, overwrite=False, log=print, **checks):
     """Export `source` to `output_path` (.xml, its .bin beside), plus `*.int8.xml` if asked.
 
     float32 is verified on OpenVINO's CPU in float32 against the float64 network on photos at
-    batch 1 and 8 (`bound`: verify.check_float32's factor and floor). int8 (NNCF) is
-    calibrated on `calibration_images` and compared with the float64 network on
-    `eval_images` (held-out, with `eval_labels` its accuracy beside float32's; else the
-    calibration images) within the ONNX int8 bounds. The files appear only once all passed.
+    batch 1 and 8. int8 (NNCF) is calibrated on `calibration_images` and compared with the
+    float64 network on `eval_images` (held-out, with `eval_labels` its accuracy beside
+    float32's; else the calibration images) within the ONNX int8 bounds; `checks`: these and
+    the other keywords of publish.publish. The files appear only once all passed.
     """
-    check_output(output_path, overwrite)
-    if int8 and (calibration_images is None or len(calibration_images) == 0):
-        raise ValueError("int8 needs calibration_images: a few hundred real training images (--dataset)")
-    graph = ServingGraph(source, top_k=top_k)
-    reference = reference or verify.Reference(source)
     tags = ["fp32", "int8"] if int8 else ["fp32"]
-    directory = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(directory, exist_ok=True)
-    with staging.lock(output_path):
-        staging.remove_leftovers(directory, [os.path.basename(output_path)], log)
-        check_output(output_path, overwrite)
-        staged_dir = staging.staging_dir(output_path)
-        try:
-            staged = _stage(graph, tags, staged_dir, output_path, calibration_images)
-            name = os.path.basename(output_path)
-            differences = verify_openvino(staged["fp32"], graph, reference, name=name, log=log, **bound)
-            log("OpenVINO float32 within float32's rounding of the float64 network")
-            default = default_precision_report(staged["fp32"], graph, reference)
-            log(
-                f"  OpenVINO's default CPU precision here is {default['precision']}: logits {default['logits']:.3g} "
-                f"from float64 (compile with {FLOAT32} for float32)"
-            )
-            images, labels, where = variants.comparison_images(graph, calibration_images, eval_images, eval_labels)
-            runs = {tag: runner(xml) for tag, xml in staged.items()}
-            reports, accuracies = variants.check_all(
-                "OpenVINO", runs, graph, reference, images, labels, where, int8_min_agreement, log
-            )
-            published = staging.publish(
-                staged, family(output_path), overwrite, log, files=lambda xml: (weights_path(xml), xml)
-            )
-        finally:
-            shutil.rmtree(staged_dir, ignore_errors=True)
-    for tag, path in published.items():
-        size = os.path.getsize(path) + os.path.getsize(weights_path(path))
-        log(f"OpenVINO {tag}: {path} + {os.path.basename(weights_path(path))} ({size / 1e6:.1f} MB)")
-    return OpenVINOExport(published, differences, reports, default, accuracies)
+    make_graph = lambda: ServingGraph(source, top_k=top_k)  # noqa: E731
+    result = publish.export_file(FORMAT, make_graph, output_path, tags, overwrite=overwrite, log=log, **checks)
+    differences = dict(result.differences)
+    default = differences.pop("default_precision")
+    return OpenVINOExport(result.paths, differences, result.reports, default, result.accuracy)

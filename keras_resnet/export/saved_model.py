@@ -13,13 +13,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
-import shutil
 
-from keras_resnet.export import sources, staging, tf_serving, verify
+from keras_resnet.export import publish, sources, staging, tf_serving, verify
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, MAX_PIXELS, ServingGraph
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SERVING_FACTS = os.path.join("assets.extra", "keras_resnet_serving.json")
 
 
@@ -43,17 +40,17 @@ def parse_version(version):
 
 
 def check_base_path(base_path):
-    """Refuse a base path that is a file or where nothing can be written, before any model
-    is loaded."""
+    """Refuse a base path that is a file, where nothing can be written, or whose models.config
+    does not parse, before any model is loaded."""
     if os.path.exists(base_path) and not os.path.isdir(base_path):
         raise ValueError(f"base path {base_path!r} is a file, not a directory")
     staging.check_writable(base_path, "--base_path")
+    tf_serving.read_models_config(base_path)
 
 
 def check_target(base_path, model_name, version, overwrite):
     """(model dir, version) after refusing every bad target before anything is written."""
-    if not _NAME.match(str(model_name)):
-        raise ValueError(f"model_name={model_name!r} must be letters, digits, '_', '-' or '.' (a directory name)")
+    tf_serving.check_model_name(model_name)
     check_base_path(base_path)
     model_base = os.path.join(base_path, model_name)
     if os.path.exists(model_base) and not os.path.isdir(model_base):
@@ -155,27 +152,26 @@ def write_saved_model(graph, directory, model_name, warmup_batch_sizes=(1,)):
         json.dump(serving_facts(graph), f, indent=1)
 
 
-def _make_dirs(path):
-    """Create `path` and its missing parents; return those created, deepest first."""
-    created = []
-    while not os.path.isdir(path):
-        created.append(path)
-        path = os.path.dirname(path) or "."
-    for directory in reversed(created):
-        os.mkdir(directory)
-    return created
+def _write(graph, staged, *, calibration_images=None, model_name, warmup_batch_sizes):
+    write_saved_model(graph, staged["fp32"], model_name, warmup_batch_sizes)
 
 
-def _move_into_place(staged, final):
-    """Rename the verified staging dir to `final`; an existing version (overwrite) is moved
-    aside only just before, and deleted after."""
-    if not os.path.exists(final):
-        os.rename(staged, final)
-        return
-    retired = f"{os.path.dirname(final)}/{staging.RETIRED_PREFIX}{os.path.basename(final)}-{os.getpid()}"
-    os.rename(final, retired)
-    os.rename(staged, final)
-    shutil.rmtree(retired)
+FORMAT = publish.Format("SavedModel", _write, verify.verify_saved_model)
+
+
+def version_target(base_path, model_name, version, overwrite, facts):
+    """The Target of a new version of `model_name`: its lock and leftovers are the model
+    dir's (only that model's exports write there); under the lock the version is numbered
+    and checked again, and must serve the newest version's task unless `overwrite`."""
+
+    def resolve():
+        model_base, number = check_target(base_path, model_name, version, overwrite)
+        if not overwrite:
+            check_same_task(model_base, facts)
+        return {"fp32": os.path.join(model_base, str(number))}
+
+    model_base = os.path.join(base_path, model_name)
+    return publish.Target(model_base, (model_base, None), resolve, "--base_path")
 
 
 def export_saved_model(
@@ -203,8 +199,8 @@ def export_saved_model(
     The SavedModel's signatures are verified in a new process against the float64 network
     before the version dir appears (`bound`: verify.check_float32's factor and floor); on
     any failure nothing is left at the target. A second export of the same model name while
-    one runs is refused; leftovers of killed exports are removed. Also (re)writes
-    `<base_path>/models.config` listing every model under the base path.
+    one runs is refused; leftovers of killed exports are removed. Then merges the model's
+    entry into `<base_path>/models.config`, keeping every other entry as it was.
     """
     model_name = model_name or source.name
     check_target(base_path, model_name, version, overwrite)
@@ -212,36 +208,29 @@ def export_saved_model(
         tf_serving.check_label(version_label)
     graph = ServingGraph(source, top_k=top_k, crop_fraction=crop_fraction, max_pixels=max_pixels)
     batching = tf_serving.measured_batching(graph, log) if batching else None
-    warmup_sizes = tf_serving.serving_batch_sizes(base_path, batching)
-    created = _make_dirs(base_path)
-    model_base = os.path.join(base_path, model_name)
-    try:
-        with staging.lock(model_base):
-            staging.remove_leftovers(model_base, None, log)  # only this model's exports write there
-            model_base, version = check_target(base_path, model_name, version, overwrite)
-            if not overwrite:
-                check_same_task(model_base, serving_facts(graph))
-            created = _make_dirs(model_base) + created
-            final = os.path.join(model_base, str(version))
-            staged = staging.staging_dir(final)
-            try:
-                write_saved_model(graph, staged, model_name, warmup_sizes)
-                differences = verify.verify_saved_model(staged, graph, reference, log=log, **bound)
-                os.chmod(staged, 0o755)
-                _move_into_place(staged, final)
-            except BaseException:
-                shutil.rmtree(staged, ignore_errors=True)
-                raise
-    except BaseException:
-        for directory in created:
-            if os.path.isdir(directory) and not os.listdir(directory):
-                os.rmdir(directory)
-        raise
+    result = publish.publish(
+        FORMAT,
+        graph,
+        version_target(base_path, model_name, version, overwrite, serving_facts(graph)),
+        ["fp32"],
+        reference=reference,
+        overwrite=overwrite,
+        log=log,
+        write_options={
+            "model_name": model_name,
+            "warmup_batch_sizes": tf_serving.serving_batch_sizes(base_path, batching),
+        },
+        **bound,
+    )
+    final = result.paths["fp32"]
+    version = int(os.path.basename(final))
     log(f"SavedModel verified in a new process against the float64 network: {final}")
-    with staging.lock(os.path.join(base_path, tf_serving.MODELS_CONFIG)):
-        labels = {model_name: {version_label: version}} if version_label else None
-        config = tf_serving.write_models_config(base_path, serving_base, labels)
+    labels = {version_label: version} if version_label else None
+    config_path = os.path.join(base_path, tf_serving.MODELS_CONFIG)
+    with publish.refused_writes(config_path, "--base_path"), staging.lock(config_path):
+        config = tf_serving.write_models_config(base_path, model_name, serving_base, labels)
     if batching:
-        with staging.lock(os.path.join(base_path, tf_serving.BATCHING_PARAMETERS)):
+        batching_path = os.path.join(base_path, tf_serving.BATCHING_PARAMETERS)
+        with publish.refused_writes(batching_path, "--base_path"), staging.lock(batching_path):
             log(f"batching parameters: {tf_serving.write_batching_parameters(base_path, batching)}")
-    return SavedModelExport(final, version, config, differences)
+    return SavedModelExport(final, version, config, result.differences)

@@ -83,14 +83,24 @@ def read_record(export_dir):
 
 
 def read_labels(path):
-    """Class names from a text file, one per line (line i names class i)."""
+    """Class names from a text file, one per line (line i names class i): a blank line before
+    the last name or a name given twice is an error naming its line."""
     if not os.path.isfile(path):
         raise ValueError(f"labels file {path!r} does not exist")
-    with open(path) as f:
-        names = tuple(line.strip() for line in f if line.strip())
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f.read().splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    first_line = {}
+    for number, name in enumerate(names, 1):
+        if not name:
+            raise ValueError(f"labels file {path!r} line {number} is blank: line i names class i-1, one name a line")
+        if name in first_line:
+            raise ValueError(f"labels file {path!r} line {number} repeats {name!r} of line {first_line[name]}")
+        first_line[name] = number
     if not names:
         raise ValueError(f"labels file {path!r} names no class")
-    return names
+    return tuple(names)
 
 
 def load_mean(path):

@@ -32,6 +32,11 @@ def check_writable(path, flag):
     """Refuse, before any model is loaded, a target under which no file can be written: the
     nearest existing directory on its way must accept one (a real write, so a read-only
     mount is caught as well as permissions). `flag` names the option to change."""
+    if "://" in str(path):
+        raise ValueError(
+            f"{path!r} is a URL: {flag} must be a local path (export to a local directory, then copy it, e.g. with "
+            "gsutil -m cp -r or tf.io.gfile)"
+        )
     directory = nearest_directory(path)
     if not os.path.isdir(directory):
         raise ValueError(f"{directory!r} is a file, not a directory: choose another {flag}")
@@ -58,10 +63,10 @@ def check_targets(path, suffix, targets, overwrite, note=""):
     export to it may write) that is a directory or exists without overwrite."""
     if not str(path).endswith(suffix):
         raise ValueError(f"output path {path!r} must end in {suffix}{note}")
+    check_writable(os.path.dirname(path) or ".", "--output")
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"{directory!r} is a file, not a directory")
-    check_writable(directory, "--output")
     for target in targets(path):
         if os.path.isdir(target):
             raise ValueError(f"{target!r} is a directory")
@@ -105,15 +110,6 @@ def lock(target):
         os.close(fd)
 
 
-def staging_file(target):
-    """A new hidden file beside `target`, named for it (same file system: renaming it onto
-    `target` is atomic)."""
-    directory, name = os.path.split(os.path.abspath(target))
-    fd, path = tempfile.mkstemp(dir=directory, prefix=f"{STAGING_PREFIX}{name}-", suffix=os.path.splitext(name)[1])
-    os.close(fd)
-    return path
-
-
 def staging_dir(target):
     """A new hidden directory beside `target`, named for it."""
     directory, name = os.path.split(os.path.abspath(target))
@@ -138,28 +134,28 @@ def remove_leftovers(directory, names, log=print):
     return removed
 
 
-@contextlib.contextmanager
-def discarded_on_failure(staged):
-    """Remove every staged file ({tag: path}, filled inside the block) if the block fails, so
-    that a failed export leaves nothing beside its target."""
-    try:
-        yield staged
-    except BaseException:
-        for path in staged.values():
-            if os.path.exists(path):
-                os.unlink(path)
-        raise
+def replace(source, target):
+    """Move the staged file or directory `source` onto `target`, world-readable. A file is
+    replaced atomically; an existing directory (a version replaced with overwrite) is moved
+    aside only just before, and deleted after."""
+    os.chmod(source, 0o755 if os.path.isdir(source) else 0o644)
+    if not os.path.isdir(target):
+        os.replace(source, target)
+        return
+    retired = os.path.join(os.path.dirname(target), f"{RETIRED_PREFIX}{os.path.basename(target)}-{os.getpid()}")
+    os.rename(target, retired)
+    os.rename(source, target)
+    shutil.rmtree(retired)
 
 
 def publish(staged, targets, overwrite, log, files=lambda path: (path,)):
-    """Rename every staged copy ({tag: path}) onto its target ({tag: path}), world-readable;
-    with overwrite, remove the copies an earlier export left that this one did not write.
-    `files(path)`: the files of a copy, a companion before the file that names it (an
-    OpenVINO .bin before its .xml). Returns {tag: published path}."""
+    """Move every staged copy ({tag: path}) onto its target ({tag: path}); with overwrite,
+    remove the copies an earlier export left that this one did not write. `files(path)`: the
+    files of a copy, a companion before the file that names it (an OpenVINO .bin before its
+    .xml). Returns {tag: published path}."""
     for tag, path in staged.items():
         for source, target in zip(files(path), files(targets[tag])):
-            os.chmod(source, 0o644)
-            os.replace(source, target)
+            replace(source, target)
     for tag, target in targets.items():
         if tag not in staged and overwrite and os.path.exists(target):
             for path in files(target):

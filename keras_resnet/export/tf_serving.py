@@ -2,7 +2,8 @@
 version labels) and batching parameters chosen from measured latencies.
 
 Warm-up records and models.config are built with the tensorflow-serving-api protos, so TF
-Serving parses them as it parses its own. BatchingParameters (session_bundle_config.proto)
+Serving parses them as it parses its own; an existing models.config is parsed and only the
+exported model's entry changed. BatchingParameters (session_bundle_config.proto)
 is not in that package: `batching_parameters_class` declares the same message, field for
 field, so the file is written and read back by protobuf's own text format.
 """
@@ -10,7 +11,10 @@ field, so the file is written and read back by protobuf's own text format.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import time
+import unicodedata
 
 import numpy as np
 
@@ -23,6 +27,7 @@ BATCHING_PARAMETERS = "batching_parameters.txt"
 CANDIDATE_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MIN_THROUGHPUT_GAIN = 1.1
 MAX_BATCH_TIMEOUT_S = 0.01
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def warmup_requests(model_name, image_size, png_bytes, batch_sizes=(1,)):
@@ -86,15 +91,26 @@ def integer_versions(model_base):
 
 
 def read_models_config(base_path):
-    """The ModelServerConfig in `<base_path>/models.config`, or an empty one."""
+    """The ModelServerConfig in `<base_path>/models.config`, or an empty one; a file that does
+    not parse is a ValueError naming its line, so that an export refuses it before it
+    writes anything."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     config = model_server_config_pb2.ModelServerConfig()
     path = os.path.join(base_path, MODELS_CONFIG)
-    if os.path.isfile(path):
-        with open(path) as f:
-            text_format.Parse(f.read(), config)
+    if not os.path.isfile(path):
+        return config
+    with open(path, "rb") as f:
+        text = f.read()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        reason = str(error).split(" : ", 1)[-1].rstrip(".")
+        raise ValueError(
+            f"{path!r} line {error.GetLine()} is not TF Serving's ModelServerConfig ({reason}): fix that line, or "
+            "move the file away (an export keeps every entry it does not write)"
+        ) from None
     return config
 
 
@@ -109,6 +125,23 @@ def version_labels(base_path):
     return labels
 
 
+def check_model_name(name):
+    """A served model name is a directory name TF Serving and its URLs take as it is."""
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
+        raise ValueError(
+            f"model_name={name!r} must be letters, digits, '_', '-' or '.' (a directory name): give one with "
+            f"--model_name (model_name=), e.g. {valid_model_name(str(name))!r}"
+        )
+    return name
+
+
+def valid_model_name(text):
+    """`text` as a valid model name: accents dropped, each run of other characters an '_'
+    ("uni é r" -> "uni_e_r"); "model" when nothing is left."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", ascii_text).strip("_.-") or "model"
+
+
 def check_label(label):
     """A version label TF Serving accepts in a request's model_spec: a name, not a number."""
     if not isinstance(label, str) or not label or label.isdigit() or not all(c.isalnum() or c in "_-." for c in label):
@@ -116,42 +149,43 @@ def check_label(label):
     return label
 
 
-def models_config_text(base_path, serving_base="/models", labels=None):
-    """model_config_list (text proto) naming every model under `base_path` that has a version.
+def merged_models_config(base_path, model_name, serving_base="/models", labels=None):
+    """The base path's models.config with `model_name`'s entry added or updated, every other
+    entry and field as it was (hand-written ones included).
 
-    `serving_base` is where the base path is mounted for TF Serving (the container's /models);
-    None writes the local absolute paths. Version labels already in models.config are kept
-    (for versions still there), `labels` ({model name: {label: version}}) added or moved; a
-    labelled model serves its labelled versions and its newest (a `specific` version policy),
-    since TF Serving labels only versions it has loaded.
+    A new entry serves `<serving_base>/<model_name>` (the container's /models; None: the
+    local absolute path) on the tensorflow platform. Version labels already there are kept
+    for versions still there, `labels` ({label: version}) added or moved; a labelled model
+    serves its labelled versions and its newest (a `specific` version policy), since TF
+    Serving labels only versions it has loaded. Other fields of an existing entry are kept.
     """
+    config = read_models_config(base_path)
+    entries = config.model_config_list.config
+    entry = next((entry for entry in entries if entry.name == model_name), None)
+    if entry is None:
+        root = os.path.abspath(base_path) if serving_base is None else serving_base.rstrip("/")
+        entry = entries.add(name=model_name, base_path=f"{root}/{model_name}", model_platform="tensorflow")
+    versions = integer_versions(os.path.join(base_path, model_name))
+    kept = {label: version for label, version in entry.version_labels.items() if version in versions}
+    merged = {**kept, **(labels or {})}
+    if merged != dict(entry.version_labels):
+        entry.ClearField("version_labels")
+        entry.version_labels.update(merged)
+    if merged:
+        served = entry.model_version_policy.specific.versions
+        del served[:]
+        served.extend(sorted(set(merged.values()) | {max(versions)}))
+    return config
+
+
+def write_models_config(base_path, model_name, serving_base="/models", labels=None):
+    """Write `<base_path>/models.config` with `model_name`'s entry merged in, atomically;
+    returns its path."""
     from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
 
-    merged = version_labels(base_path)
-    for name, named in (labels or {}).items():
-        merged[name] = {**merged.get(name, {}), **named}
-    config = model_server_config_pb2.ModelServerConfig()
-    for name in sorted(os.listdir(base_path)):
-        versions = integer_versions(os.path.join(base_path, name))
-        if versions:
-            root = os.path.abspath(base_path) if serving_base is None else serving_base.rstrip("/")
-            entry = config.model_config_list.config.add()
-            entry.name = name
-            entry.base_path = f"{root}/{name}"
-            entry.model_platform = "tensorflow"
-            if merged.get(name):
-                served = sorted(set(merged[name].values()) | {max(versions)})
-                entry.model_version_policy.specific.versions.extend(served)
-                for label, version in sorted(merged[name].items()):
-                    entry.version_labels[label] = version
-    return text_format.MessageToString(config)
-
-
-def write_models_config(base_path, serving_base="/models", labels=None):
-    """Write `<base_path>/models.config` atomically; returns its path."""
     path = os.path.join(base_path, MODELS_CONFIG)
-    saved_run.atomic_write_bytes(path, models_config_text(base_path, serving_base, labels).encode())
+    config = merged_models_config(base_path, model_name, serving_base, labels)
+    saved_run.atomic_write_bytes(path, text_format.MessageToString(config).encode())
     return path
 
 
@@ -284,14 +318,14 @@ def write_batching_parameters(base_path, parameters):
 def serving_instructions(base_path, model_name):
     """How to serve `<base_path>` with the tensorflow/serving container and query it (with
     batching when the base path has batching parameters; labels when models.config has some)."""
-    base = os.path.abspath(base_path)
+    volume = shlex.quote(f"{os.path.abspath(base_path)}:/models")
     options = ""
     if os.path.isfile(os.path.join(base_path, BATCHING_PARAMETERS)):
         options += f" \\\n      --enable_batching --batching_parameters_file=/models/{BATCHING_PARAMETERS}"
     if version_labels(base_path):
         options += " \\\n      --allow_version_labels_for_unavailable_models"
     return f"""Serve it with TF Serving (REST on 8501, gRPC on 8500):
-  docker run --rm -p 8500:8500 -p 8501:8501 -v {base}:/models tensorflow/serving \\
+  docker run --rm -p 8500:8500 -p 8501:8501 -v {volume} tensorflow/serving \\
       --model_config_file=/models/{MODELS_CONFIG}{options}
 Query it over REST (the bytes signature decodes, resizes and crops on the server):
   printf '{{"signature_name": "serve_image_bytes", "instances": [{{"b64": "%s"}}]}}' "$(base64 -w0 IMAGE.png)" \\

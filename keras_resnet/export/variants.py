@@ -63,14 +63,17 @@ def describe(report):
 
 def check_all(runtime, runs, graph, reference, images, labels, where, int8_min_agreement, log):
     """Run every file ({tag: `images -> outputs`}, "fp32" first) on the comparison images;
-    check each copy against its bounds. Returns (reports of the copies, test accuracy of
-    each file and of the Keras float32 model, or None without labels)."""
+    check each copy against its bounds. Returns (reports of the copies, the test accuracy
+    of each file, of the Keras float32 model and of the float64 network with each file's
+    top-1 agreement with Keras float32, or None without labels)."""
     expected = reference.logits(images)
-    reports, accuracies = {}, {}
+    reports, accuracies, agreements = {}, {}, {}
+    keras_top1 = expected["float32"].argmax(axis=1)
     for tag, run in runs.items():
         outputs = run(images)
         if labels is not None:
             accuracies[tag] = accuracy(outputs["logits"], labels)
+            agreements[f"{tag}_agreement_with_keras"] = accuracy(outputs["logits"], keras_top1)
         if tag == "fp32":
             continue
         tag_bounds = bounds(tag, int8_min_agreement, labelled=labels is not None)
@@ -78,9 +81,18 @@ def check_all(runtime, runs, graph, reference, images, labels, where, int8_min_a
         log(f"  {tag} vs the float64 network on {len(images)} {where}: {describe(reports[tag])}")
     if not accuracies:
         return reports, None
-    accuracies = {"keras_float32": accuracy(expected["float32"], labels), **accuracies}
-    log("  test accuracy: " + ", ".join(f"{tag} {value:.4f}" for tag, value in accuracies.items()))
-    return reports, accuracies
+    log(
+        f"  test accuracy on {len(labels)} images: "
+        + ", ".join(f"{tag} {value:.4f}" for tag, value in accuracies.items())
+        + f" (Keras float32 {accuracy(expected['float32'], labels):.4f}, float64 {accuracy(expected['float64'], labels):.4f})"
+    )
+    return reports, {
+        "images": int(len(labels)),
+        "keras_float32": accuracy(expected["float32"], labels),
+        "float64": accuracy(expected["float64"], labels),
+        **accuracies,
+        **agreements,
+    }
 
 
 def verify_float32(label, run, graph, reference=None, *, batch_sizes=verify.BATCH_SIZES, log=print, **bound):

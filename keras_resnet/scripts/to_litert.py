@@ -18,13 +18,7 @@ from absl import flags
 from keras_resnet.export import cli
 from keras_resnet.scripts import run_program
 
-cli.define_source_flags()
-cli.define_variant_flags(
-    output_help="The .tflite file to write (the reduced-precision copies go beside it).",
-    int8_help="Also write a full-integer int8 copy calibrated on --calibration_count training images of --dataset.",
-    eval_help="Test images on which the copies are compared with float32 (accuracy and top-1 agreement).",
-    overwrite_help="Replace existing output files (and remove earlier copies not rewritten).",
-)
+cli.define_file_flags(".tflite", "fp16/dynamic_int8/int8", "a full-integer int8 copy")
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_bool("fp16", False, "Also write a copy with float16 weights and report its error.")
 flags.DEFINE_bool("dynamic_int8", False, "Also write a copy with int8 weights (dynamic-range quantization).")
@@ -34,7 +28,7 @@ FLAGS = flags.FLAGS
 def run(argv):
     from keras_resnet.export.litert import check_output, export_litert
 
-    cli.export_from_flags(
+    cli.export_file_from_flags(
         argv,
         check_output,
         export_litert,

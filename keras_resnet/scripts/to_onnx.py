@@ -18,13 +18,7 @@ from absl import flags
 from keras_resnet.export import cli
 from keras_resnet.scripts import run_program
 
-cli.define_source_flags()
-cli.define_variant_flags(
-    output_help="The .onnx file to write (fp16/int8 copies go beside it).",
-    int8_help="Also write a static int8 QDQ per-channel copy calibrated on --calibration_count training images of --dataset.",
-    eval_help="Test images on which fp16/int8 are compared with the float64 network (accuracy and top-1 agreement).",
-    overwrite_help="Replace existing output files (and remove an earlier export's fp16/int8 copies not rewritten).",
-)
+cli.define_file_flags(".onnx", "fp16/int8", "a static int8 QDQ per-channel copy")
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_integer("opset", 17, "ONNX opset (17 or above, up to what tf2onnx writes).")
 flags.DEFINE_bool("fp16", False, "Also write a float16 copy (float32 inputs and outputs) and report its error.")
@@ -35,7 +29,9 @@ def run(argv):
     from keras_resnet.export.onnx import check_opset, check_output, export_onnx
 
     cli.exit_on_error(check_opset, FLAGS.opset)
-    cli.export_from_flags(argv, check_output, export_onnx, other_copies=FLAGS.fp16, opset=FLAGS.opset, fp16=FLAGS.fp16)
+    cli.export_file_from_flags(
+        argv, check_output, export_onnx, other_copies=FLAGS.fp16, opset=FLAGS.opset, fp16=FLAGS.fp16
+    )
 
 
 def main():

@@ -18,20 +18,14 @@ from absl import flags
 from keras_resnet.export import cli
 from keras_resnet.scripts import run_program
 
-cli.define_source_flags()
-cli.define_variant_flags(
-    output_help="The .xml file to write (its .bin and the int8 copy go beside it).",
-    int8_help="Also write an NNCF int8 copy calibrated on --calibration_count training images of --dataset.",
-    eval_help="Test images on which int8 is compared with float32 (accuracy and top-1 agreement).",
-    overwrite_help="Replace existing output files (and remove an earlier int8 copy not rewritten).",
-)
+cli.define_file_flags(".xml", "int8", "an NNCF int8 copy")
 flags.adopt_module_key_flags(cli)
 
 
 def run(argv):
     from keras_resnet.export.openvino import check_output, export_openvino
 
-    cli.export_from_flags(argv, check_output, export_openvino)
+    cli.export_file_from_flags(argv, check_output, export_openvino)
 
 
 def main():

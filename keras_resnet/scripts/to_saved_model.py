@@ -13,12 +13,16 @@ another task than the newest one (other classes, input size, signatures or prepr
 a float64 evaluation of the network than float32 rounding explains.
 """
 
-from absl import app, flags, logging
+from absl import flags
 
 from keras_resnet.export import cli
 from keras_resnet.scripts import run_program
 
 cli.define_source_flags()
+cli.define_export_flags(
+    "Replace an existing version dir, or add a version that serves another task than the newest one "
+    "(without it, both are errors)."
+)
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_string(
     "base_path",
@@ -27,15 +31,6 @@ flags.DEFINE_string(
     required=True,
 )
 flags.DEFINE_string("version", None, "Integer version dir (default: one above the highest existing version, or 1).")
-flags.DEFINE_bool(
-    "overwrite",
-    False,
-    "Replace an existing version dir, or add a version that serves another task than the newest one "
-    "(without it, both are errors).",
-)
-flags.DEFINE_integer(
-    "top_k", None, "How many classes top_k_classes / top_k_scores return (default: 5, or all if fewer)."
-)
 flags.DEFINE_float(
     "crop_fraction",
     None,
@@ -63,21 +58,23 @@ flags.DEFINE_string(
 FLAGS = flags.FLAGS
 
 
-def run(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # the converters log every step at INFO
-    from keras_resnet.export.saved_model import check_base_path, export_saved_model, parse_version
-    from keras_resnet.export.tf_serving import check_label, serving_instructions
+def check_target():
+    """The flags that say where the version goes, before a model that may be large is loaded."""
+    from keras_resnet.export.saved_model import check_base_path, parse_version
+    from keras_resnet.export.tf_serving import check_label
 
     if FLAGS.version is not None:
-        cli.exit_on_error(parse_version, FLAGS.version)  # before loading a model that may be large
-    cli.exit_on_error(check_base_path, FLAGS.base_path)
+        parse_version(FLAGS.version)
+    check_base_path(FLAGS.base_path)
     if FLAGS.version_label is not None:
-        cli.exit_on_error(check_label, FLAGS.version_label)
-    source = cli.exit_on_error(cli.source_from_flags)
-    result = cli.exit_on_error(
-        export_saved_model,
+        check_label(FLAGS.version_label)
+
+
+def export(source):
+    from keras_resnet.export.saved_model import export_saved_model
+    from keras_resnet.export.tf_serving import serving_instructions
+
+    result = export_saved_model(
         source,
         FLAGS.base_path,
         version=FLAGS.version,
@@ -91,6 +88,10 @@ def run(argv):
     )
     print(f"models.config: {result.models_config}")
     print(serving_instructions(FLAGS.base_path, source.name))
+
+
+def run(argv):
+    cli.export_from_flags(argv, check_target, export)
 
 
 def main():
