@@ -149,7 +149,7 @@ def test_responses_from_runs(runs):
     """The run's own test images, preprocessed as trained: checked against the digits read
     directly, the run's mean image subtracted, through a separate sub-model."""
     from keras_resnet.data import digits
-    from keras_resnet.training.saved_run import restore_model
+    from keras_resnet.run_dir import restore_model
 
     responses = [analysis.run_responses(runs[m], batch_size=32, max_images=40) for m in ("plain20", "resnet20")]
     for response in responses:

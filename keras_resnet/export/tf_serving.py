@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, IMAGE_BYTES, IMAGES
-from keras_resnet.training import saved_run
+from keras_resnet.run_dir import atomic_write_bytes
 
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG = "models.config"
@@ -151,7 +151,7 @@ def models_config_text(base_path, serving_base="/models", labels=None):
 def write_models_config(base_path, serving_base="/models", labels=None):
     """Write `<base_path>/models.config` atomically; returns its path."""
     path = os.path.join(base_path, MODELS_CONFIG)
-    saved_run.atomic_write_bytes(path, models_config_text(base_path, serving_base, labels).encode())
+    atomic_write_bytes(path, models_config_text(base_path, serving_base, labels).encode())
     return path
 
 
@@ -277,7 +277,7 @@ def read_batching_parameters(path):
 def write_batching_parameters(base_path, parameters):
     """Write `<base_path>/batching_parameters.txt` atomically; returns its path."""
     path = os.path.join(base_path, BATCHING_PARAMETERS)
-    saved_run.atomic_write_bytes(path, batching_parameters_text(parameters).encode())
+    atomic_write_bytes(path, batching_parameters_text(parameters).encode())
     return path
 
 

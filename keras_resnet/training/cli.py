@@ -131,9 +131,9 @@ def absl_main(body):
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+        from keras_resnet.run_dir import RunDirError
         from keras_resnet.training.loop import NonFiniteLossError
         from keras_resnet.training.preemption import PREEMPTED_STATUS
-        from keras_resnet.training.rundir import RunDirError
         from keras_resnet.training.strategy import WorkerLostError
 
         try:
