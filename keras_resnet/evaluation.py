@@ -159,13 +159,40 @@ def view_datasets(
     return [data.make_eval_input_fn(dataset, split, 1, view=view, scale=s, **common)(None) for s in scales]
 
 
+def class_map(recorded, given, where="the network"):
+    """The network's class index of each of the data's classes (an int array), or None where
+    the lists are the same (or the network records none). The data's classes must be the
+    network's, or some of them (mapped by name); another list is a ValueError naming both."""
+    if recorded is None or given is None or tuple(recorded) == tuple(given):
+        return None
+    missing = [name for name in given if name not in recorded]
+    if missing:
+        raise ValueError(
+            f"the data's classes ({len(given)}: {_names(given)}) are not those {where} was trained on "
+            f"({len(recorded)}: {_names(recorded)}); {len(missing)} unknown to it, e.g. {missing[:3]}: evaluate it "
+            "on data of its classes (or some of them)"
+        )
+    index = {name: i for i, name in enumerate(recorded)}
+    return np.array([index[name] for name in given], dtype=np.int64)
+
+
+def _names(names, shown=8):
+    names = list(names)
+    return repr(names) if len(names) <= shown else f"{names[: shown - 2]}...{names[-2:]}"
+
+
 def evaluate(classifier, dataset, split="validation", view="center", **kwargs):
     """{"top1_error", "top5_error", "count", "confusion"} of `classifier` on a split, with
     `view`'s crops averaged per image (softmax scores, as the paper averages). top5_error
-    is None for 5 classes or fewer (it would be 0); confusion[true, predicted] counts images.
-    A split with no readable image is a ValueError."""
+    is None for 5 classes or fewer (it would be 0); confusion[true, predicted] counts images
+    by the network's classes. The data's classes are checked against the network's
+    (`class_map`). A split with no readable image is a ValueError."""
     import tensorflow as tf
 
+    from keras_resnet import data
+
+    info = data.dataset_info(dataset, kwargs.get("data_dir"), val_split=kwargs.get("val_split", 0.0))
+    mapping = class_map(classifier.class_names, info.class_names, f"{classifier.name}")
     predict = tf.function(lambda x: classifier.model(x, training=False), reduce_retracing=True)
     datasets = view_datasets(classifier, dataset, split, view, **kwargs)
     classes = classifier.model.output_shape[-1]
@@ -173,6 +200,7 @@ def evaluate(classifier, dataset, split="validation", view="center", **kwargs):
     top1 = top5 = count = 0
     for batches in tf.data.Dataset.zip(tuple(datasets)):
         scores, labels = 0.0, batches[0][1].numpy()
+        labels = labels if mapping is None else mapping[labels]
         for images, _ in batches:  # one entry per scale; crops as an axis after the batch
             shape = tf.shape(images)
             crops = tf.reshape(images, tf.concat([[-1], shape[-3:]], 0))

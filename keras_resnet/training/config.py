@@ -350,7 +350,8 @@ def _shown(value):
     """A recorded or given value in a message: long lists and mean images shortened."""
     if isinstance(value, np.ndarray):
         channels = np.asarray(value, dtype="float64").reshape(-1, 3).mean(axis=0)
-        return f"a {'x'.join(map(str, value.shape))} mean, channel means ({', '.join(f'{c:.2f}' for c in channels)})"
+        means = f"channel means ({', '.join(f'{c:.2f}' for c in channels)})"
+        return means if value.size == 3 else f"a {'x'.join(map(str, value.shape))} mean image, {means}"
     if isinstance(value, list) and len(value) > 8:
         return f"{len(value)} names {value[:4]}...{value[-2:]}"
     return repr(value)
