@@ -320,7 +320,7 @@ def restore_newest(checkpoint, model_dir, report=None):
     """Restore `checkpoint` (a tf.train.Checkpoint of the model) from the newest checkpoint of
     the run that reads whole, for readers: its files are pinned first (hard links or copies),
     so the trainer's rotation cannot delete them mid-read. Skipped checkpoints are named to
-    `report` (default: stderr). Returns the path restored; a RunDirError where none reads."""
+    `report` (default: stderr). Returns the path restored; a ValueError where none reads."""
     report = report or (lambda line: print(line, file=sys.stderr, flush=True))
     directory = checkpoint_dir(model_dir)
     skipped = []
@@ -338,8 +338,8 @@ def restore_newest(checkpoint, model_dir, report=None):
             report(f"read {name}, the newest readable checkpoint of {model_dir}")
         return prefix
     if skipped:
-        raise RunDirError(f"no readable checkpoint in {directory}: " + "; ".join(skipped))
-    raise RunDirError(f"no checkpoint in {directory}: train first, or pass a .keras file")
+        raise ValueError(f"no readable checkpoint in {directory}: " + "; ".join(skipped))
+    raise ValueError(f"no checkpoint in {directory}: train first, or pass a .keras file")
 
 
 def restore_weights(model, model_dir, report=None):
