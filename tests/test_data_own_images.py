@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from data_writers import encode, write_cifar10_tarball
 
+import keras_resnet
 import keras_resnet.data as data
 from keras_resnet.data.arrays import digits_arrays
 from keras_resnet.preprocessing import MODES, preprocess_input
@@ -215,7 +216,7 @@ def test_every_preprocessing_mode_trains_on_folders(own_dir, tmp_path, mode):
     result = loop.train(own_config(own_dir, tmp_path / mode, preprocess_mode=mode))
     assert result.step == 2 and np.isfinite(result.train["loss"])
     if mode == "pixel_mean":  # the folder set's own per-channel mean, kept in the run dir
-        mean = np.load(os.path.join(result.model_dir, "pixel_mean.npy"))
+        mean = keras_resnet.load(result.model_dir).mean
         assert mean.shape == (1, 1, 3) and 20 < mean.ravel()[0] < 120
 
 

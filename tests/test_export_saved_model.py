@@ -30,7 +30,7 @@ TOP_K = 5
 
 
 def make_run_dir(path, with_checkpoint=True):
-    """A model dir exactly as the saved_run contract (and the trainer) lays it out."""
+    """A model dir exactly as the trainer lays it out (keras_resnet.run_dir)."""
     model = keras_resnet.get_builder("resnet20")()
     mean = np.random.default_rng(0).uniform(60, 140, (32, 32, 3)).astype("float32")
     with_trained_statistics(model, preprocess_input(sample_photos(32, 16, seed=3), "pixel_mean", mean), seed=0)

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -244,3 +245,55 @@ def test_a_read_only_model_dir_is_one_line_and_status_1(folders):
     )
     assert status == 1 and "Traceback" not in output
     assert output.strip().splitlines()[-1].startswith("error: --model_dir '/proc/keras_resnet_run' cannot be written")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "program, target",
+    [("export/to_saved_model.py", "--base_path={out}/saved_model"), ("export/to_onnx.py", "--output={out}/run.onnx")],
+)
+def test_exporters_fall_back_past_a_truncated_newest_checkpoint(run, tmp_path, program, target):
+    truncate_newest(run)
+    status, _, output = run_cli(program, f"--model_dir={run}", target.format(out=tmp_path / "export"), timeout=600)
+    assert status == 0, output[-3000:]
+    assert f"skipped checkpoint {os.path.join(run, 'checkpoints', 'ckpt-4')}: " in output
+    assert "Traceback" not in output
+
+
+LIVE = """
+import sys
+from keras_resnet.training import loop
+from keras_resnet.training.config import recipe
+loop.train(recipe("cifar", model="resnet20", data_dir=sys.argv[1], model_dir=sys.argv[2], image_size=16,
+                  batch_size=8, train_steps=100000, seed=0, log_interval=2, eval_interval=0,
+                  checkpoint_interval=2, keep_checkpoints=1, steps_per_loop=2))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_that_is_training_reads_5_times_out_of_5(folders, tmp_path):
+    """The trainer writes a checkpoint every 2 steps and keeps 1, so each is deleted soon
+    after it is written; every read takes one whole checkpoint, as its step says."""
+    import tensorflow as tf
+
+    model_dir = tmp_path / "live"
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", LIVE, folders["digits"], str(model_dir)], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        while not (model_dir / "checkpoints" / "checkpoint").exists():
+            assert trainer.poll() is None
+            time.sleep(0.2)
+        steps = []
+        for _ in range(5):
+            loaded = keras_resnet.load(str(model_dir))
+            step = tf.Variable(0, dtype=tf.int64)
+            path = run_dir.restore_newest(tf.train.Checkpoint(step=step), model_dir)
+            steps.append(int(step.numpy()))
+            assert path.endswith(f"ckpt-{steps[-1]}") and loaded.model.count_params() > 0
+        assert trainer.poll() is None  # still training: the reads met rotation
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert steps == sorted(steps) and steps[-1] > steps[0], steps

@@ -57,7 +57,7 @@ def preprocessing(config):
 def training_mean(config, dataset, info):
     """(mean, what it is in words) that mode pixel_mean subtracts: the in-memory sets' mean
     image, ImageNet's per-channel mean, else the per-channel mean of the set's own training
-    images, streamed once and then kept in the run dir (pixel_mean.npy) for resumes."""
+    images, streamed once and then kept in the run dir's record for resumes."""
     from keras_resnet import data, run_dir
 
     if info.small:
