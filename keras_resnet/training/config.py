@@ -342,6 +342,14 @@ RECORD_IDENTITY = {
     "preprocessing mode": lambda record: record.preprocess_mode,
     "evaluation view": lambda record: {"resize": record.eval_resize, "crop": record.eval_crop},
 }
+# Architecture fields a registry name ("resnet20") stands for.
+NETWORK_KEYS = ("block", "blocks_per_stage", "widths", "stem", "residual")
+
+
+def _without(fields, keys):
+    return {k: v for k, v in fields.items() if k not in keys}
+
+
 # Training settings that follow from others or name the run itself: not reported as changed.
 NOT_SETTINGS = ("model_dir",)
 
@@ -369,6 +377,9 @@ def _record_differences(recorded, given):
         (what, part(recorded), part(given)) for what, part in RECORD_IDENTITY.items() if part(recorded) != part(given)
     ]
     old, new = recorded.architecture.to_json(), given.architecture.to_json()
+    if recorded.architecture.name != given.architecture.name:
+        found.append(("network", recorded.architecture.name, given.architecture.name))
+        old, new = _without(old, NETWORK_KEYS), _without(new, NETWORK_KEYS)
     found += [
         (f"architecture {key}", old.get(key), new.get(key))
         for key in sorted(set(old) | set(new))
@@ -393,7 +404,7 @@ def resume_changes(model_dir, recorded, given_record, given_training):
     training = recorded["training"]
     differences = _record_differences(record, given_record)
     differences += [
-        (f"data {key}", training.get(key), given_training.get(key))
+        (key, training.get(key), given_training.get(key))
         for key in DATA_IDENTITY
         if training.get(key) != given_training.get(key)
     ]
