@@ -32,6 +32,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import uuid
 
 import numpy as np
@@ -316,27 +317,40 @@ def _pin(prefix, into):
     return pinned
 
 
+RELIST_ATTEMPTS = 50  # a live run's checkpoints may all be rotated away between listing and pinning
+
+
 def restore_newest(checkpoint, model_dir, report=None):
     """Restore `checkpoint` (a tf.train.Checkpoint of the model) from the newest checkpoint of
     the run that reads whole, for readers: its files are pinned first (hard links or copies),
-    so the trainer's rotation cannot delete them mid-read. Skipped checkpoints are named to
-    `report` (default: stderr). Returns the path restored; a ValueError where none reads."""
+    so the trainer's rotation cannot delete them mid-read; where every listed one was deleted
+    before it was pinned (a live run keeping one), the dir is listed again. Skipped
+    checkpoints are named to `report` (default: stderr). Returns the path restored; a
+    ValueError where none reads."""
+    import tensorflow as tf
+
     report = report or (lambda line: print(line, file=sys.stderr, flush=True))
     directory = checkpoint_dir(model_dir)
-    skipped = []
-    for prefix in checkpoint_prefixes(directory):
-        name = os.path.basename(prefix)
-        with tempfile.TemporaryDirectory(prefix="keras_resnet-pinned-") as into:
-            try:
-                checkpoint.restore(_pin(prefix, into)).expect_partial()
-            except Exception as error:  # a file gone (rotated, deleted), truncated or unreadable
-                skipped.append(f"skipped checkpoint {prefix}: {first_line(error)}")
-                continue
-        for line in skipped:
-            report(line)
-        if skipped:
-            report(f"read {name}, the newest readable checkpoint of {model_dir}")
-        return prefix
+    skipped, tried = [], set()
+    for _ in range(RELIST_ATTEMPTS):
+        gone = 0
+        for prefix in [p for p in checkpoint_prefixes(directory) if p not in tried]:
+            tried.add(prefix)
+            with tempfile.TemporaryDirectory(prefix="keras_resnet-pinned-") as into:
+                try:
+                    checkpoint.restore(_pin(prefix, into)).expect_partial()
+                except Exception as error:  # a file gone (rotated, deleted), truncated or unreadable
+                    skipped.append(f"skipped checkpoint {prefix}: {first_line(error)}")
+                    gone += isinstance(error, tf.errors.NotFoundError)
+                    continue
+            for line in skipped:
+                report(line)
+            if skipped:
+                report(f"read {os.path.basename(prefix)}, the newest readable checkpoint of {model_dir}")
+            return prefix
+        if not gone:
+            break
+        time.sleep(0.1)
     if skipped:
         raise ValueError(f"no readable checkpoint in {directory}: " + "; ".join(skipped))
     raise ValueError(f"no checkpoint in {directory}: train first, or pass a .keras file")
