@@ -152,6 +152,7 @@ def test_a_learning_rate_change_resumes_and_the_run_dir_keeps_both_values(run, f
     assert entry["changed"]["train_steps"] == [4, 6]
 
 
+@pytest.mark.slow
 def test_the_flat_config_of_earlier_runs_opens_and_resumes(run, folders):
     """config.json as the trainer wrote it before: one flat dict with the record beside
     class_names, preprocessing (and pixel_mean.npy), model_kwargs."""
