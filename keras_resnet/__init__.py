@@ -10,7 +10,6 @@ imported here, so models build on the TensorFlow, JAX and PyTorch backends; data
 and export import TensorFlow where they are used.
 """
 
-from keras_resnet import weights as _weights
 from keras_resnet.builders import (
     REGISTRY,
     CifarResNet,
@@ -45,9 +44,5 @@ from keras_resnet.loading import Loaded, load
 from keras_resnet.preprocessing import decode_predictions, preprocess_input
 from keras_resnet.record import Record
 from keras_resnet.specs import NetSpec, cifar_spec, imagenet_spec
-from keras_resnet.training import saved_run as _saved_run
-
-# Run dirs are training's layout: training reads them for the builders' weights= argument.
-_weights.register_directory_reader(_saved_run.open_run)
 
 __version__ = "0.1.0"

@@ -42,14 +42,14 @@ def load_classifier(path, preprocess_mode=None, mean=None):
     holds (`preprocess_mode`/`mean` only where it records none); a run dir also gives its
     data set."""
     import keras_resnet
-    from keras_resnet.training import saved_run
+    from keras_resnet import run_dir
 
     if not os.path.exists(path):
         raise ValueError(f"{path!r} does not exist: give a training run dir, a .keras or a .weights.h5 file")
     loaded = keras_resnet.load(path, input_shape=(None, None, 3), preprocess_mode=preprocess_mode, mean=mean)
     if not loaded.record.architecture.include_top:
         raise ValueError(f"{path!r} holds a network without its classifier: nothing to evaluate")
-    dataset = saved_run.read_config(path).get("dataset") if os.path.isdir(path) else None
+    dataset = run_dir.training_config(path).get("dataset") if os.path.isdir(path) else None
     return Classifier(
         loaded.model,
         loaded.name,
@@ -61,15 +61,25 @@ def load_classifier(path, preprocess_mode=None, mean=None):
     )
 
 
-def default_split(dataset, data_dir=None, val_split=0.0):
-    """The split a training run evaluates: validation for ImageNet-like sets (the paper
-    reports on it) and for val_split's held-out part, test for 32x32 sets; class folders
-    without validation/ read test/."""
-    from keras_resnet import data
-    from keras_resnet.training.inputs import eval_split
+def split_of(info, val_split=0.0):
+    """The split a run evaluates, for data of `info` (a `keras_resnet.data.DatasetInfo`): the
+    part of train held out with val_split, the test set of in-memory sets, else the
+    validation set (class folders: validation, else test, else None: no evaluation). The
+    trainer, evaluate.py and the exporters' accuracy checks all evaluate this split."""
+    if val_split:
+        return "validation"
+    if info.small:
+        return "test"
+    if info.source == "folders":
+        return next((split for split in ("validation", "test") if split in info.num_examples), None)
+    return "validation"
 
-    info = data.dataset_info(dataset, data_dir, val_split=val_split)
-    split = eval_split(val_split, info)
+
+def default_split(dataset, data_dir=None, val_split=0.0):
+    """`split_of` the data set, a ValueError where it has none to evaluate."""
+    from keras_resnet import data
+
+    split = split_of(data.dataset_info(dataset, data_dir, val_split=val_split), val_split)
     if split is None:
         raise ValueError(
             f"{data_dir} has neither validation/ nor test/ folders and the run held nothing out (--val_split): "
@@ -78,15 +88,25 @@ def default_split(dataset, data_dir=None, val_split=0.0):
     return split
 
 
+def held_out_files(data_dir, val_split):
+    """The files val_split holds out of class folders, relative to data_dir (else None)."""
+    from keras_resnet import data
+
+    if not val_split or not data_dir or data.detect_source(data_dir) != "folders":
+        return None
+    found = data.folder_split(data_dir, "validation", val_split)
+    return [os.path.relpath(path, data_dir) for path in found.paths]
+
+
 def run_data(model_dir):
     """(dataset, data_dir, val_split) a training run dir was trained on, from its config.json;
     with val_split the held-out files must still be those the run listed."""
-    from keras_resnet.training import inputs, saved_run
+    from keras_resnet import run_dir
 
-    config = saved_run.read_config(model_dir)
-    data_dir, val_split = config.get("data_dir"), config.get("val_split") or 0.0
-    inputs.check_held_out(model_dir, inputs.held_out_files(data_dir, val_split))
-    return config.get("dataset"), data_dir, val_split
+    training = run_dir.training_config(model_dir)
+    data_dir, val_split = training.get("data_dir"), training.get("val_split") or 0.0
+    run_dir.check_held_out(model_dir, held_out_files(data_dir, val_split))
+    return training.get("dataset"), data_dir, val_split
 
 
 def _top_k_wrong(scores, labels, k):
@@ -139,13 +159,40 @@ def view_datasets(
     return [data.make_eval_input_fn(dataset, split, 1, view=view, scale=s, **common)(None) for s in scales]
 
 
+def class_map(recorded, given, where="the network"):
+    """The network's class index of each of the data's classes (an int array), or None where
+    the lists are the same (or the network records none). The data's classes must be the
+    network's, or some of them (mapped by name); another list is a ValueError naming both."""
+    if recorded is None or given is None or tuple(recorded) == tuple(given):
+        return None
+    missing = [name for name in given if name not in recorded]
+    if missing:
+        raise ValueError(
+            f"the data's classes ({len(given)}: {_names(given)}) are not those {where} was trained on "
+            f"({len(recorded)}: {_names(recorded)}); {len(missing)} unknown to it, e.g. {missing[:3]}: evaluate it "
+            "on data of its classes (or some of them)"
+        )
+    index = {name: i for i, name in enumerate(recorded)}
+    return np.array([index[name] for name in given], dtype=np.int64)
+
+
+def _names(names, shown=8):
+    names = list(names)
+    return repr(names) if len(names) <= shown else f"{names[: shown - 2]}...{names[-2:]}"
+
+
 def evaluate(classifier, dataset, split="validation", view="center", **kwargs):
     """{"top1_error", "top5_error", "count", "confusion"} of `classifier` on a split, with
     `view`'s crops averaged per image (softmax scores, as the paper averages). top5_error
-    is None for 5 classes or fewer (it would be 0); confusion[true, predicted] counts images.
-    A split with no readable image is a ValueError."""
+    is None for 5 classes or fewer (it would be 0); confusion[true, predicted] counts images
+    by the network's classes. The data's classes are checked against the network's
+    (`class_map`). A split with no readable image is a ValueError."""
     import tensorflow as tf
 
+    from keras_resnet import data
+
+    info = data.dataset_info(dataset, kwargs.get("data_dir"), val_split=kwargs.get("val_split", 0.0))
+    mapping = class_map(classifier.class_names, info.class_names, f"{classifier.name}")
     predict = tf.function(lambda x: classifier.model(x, training=False), reduce_retracing=True)
     datasets = view_datasets(classifier, dataset, split, view, **kwargs)
     classes = classifier.model.output_shape[-1]
@@ -153,6 +200,7 @@ def evaluate(classifier, dataset, split="validation", view="center", **kwargs):
     top1 = top5 = count = 0
     for batches in tf.data.Dataset.zip(tuple(datasets)):
         scores, labels = 0.0, batches[0][1].numpy()
+        labels = labels if mapping is None else mapping[labels]
         for images, _ in batches:  # one entry per scale; crops as an axis after the batch
             shape = tf.shape(images)
             crops = tf.reshape(images, tf.concat([[-1], shape[-3:]], 0))

@@ -8,7 +8,7 @@
     weights="x.h5"            such a keras.applications file (legacy Keras h5) given by path
     weights="x.weights.h5"    keras_resnet's own weights file (`save`, `keras_resnet.convert`)
     weights="x.keras"         a saved keras_resnet model
-    weights="<dir>"           a training run dir (read by `keras_resnet.training.saved_run`)
+    weights="<dir>"           a training run dir (read by `keras_resnet.run_dir`)
 
 Every source says what it holds as a `keras_resnet.record.Record`: the published files by the
 `published` table (caffe preprocessing, ImageNet's classes), keras_resnet's files by the record
@@ -46,6 +46,7 @@ import numpy as np
 from keras_resnet import published, specs
 from keras_resnet.preprocessing import imagenet_classes
 from keras_resnet.record import Architecture, Record, check_preprocessing, contradictions
+from keras_resnet.run_dir import atomic_write_bytes
 
 METADATA_ATTR = "keras_resnet"
 OFFLINE_ENV = "KERAS_RESNET_OFFLINE"
@@ -303,27 +304,18 @@ def _open_keras(path):
     return record, lambda build: model_arrays(model)
 
 
-_DIRECTORY_READERS = []
-
-
-def register_directory_reader(reader):
-    """Let builders read directories through `reader(path) -> (Record, read(build))`, which
-    raises ValueError for a directory it does not know. Training registers its run dirs (the
-    model layer knows no directory layout)."""
-    if reader not in _DIRECTORY_READERS:
-        _DIRECTORY_READERS.append(reader)
-
-
 def _open_directory(path):
-    if not _DIRECTORY_READERS:
-        raise ValueError(f"weights={path!r} is a directory, and no reader of directories is registered")
-    errors = []
-    for reader in _DIRECTORY_READERS:
-        try:
-            return reader(path)
-        except ValueError as error:
-            errors.append(str(error))
-    raise ValueError("; ".join(errors))
+    """A training run dir: its record now, its newest readable checkpoint later."""
+    from keras_resnet import run_dir
+
+    record = run_dir.record_of(path)
+
+    def read(build):
+        model = build(record)
+        run_dir.restore_weights(model, path)
+        return model_arrays(model)
+
+    return record, read
 
 
 _OPENERS = {
@@ -523,20 +515,6 @@ def save(model, path, preprocessing_mode=None, source=None, *, mean=None):
             f.attrs[METADATA_ATTR] = record.to_text()
         with open(staged, "rb") as f:
             atomic_write_bytes(path, f.read())
-
-
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temporary file and a rename: never half-written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def recorded(weights):

@@ -148,16 +148,17 @@ def test_errors_table_from_runs(runs):
 def test_responses_from_runs(runs):
     """The run's own test images, preprocessed as trained: checked against the digits read
     directly, the run's mean image subtracted, through a separate sub-model."""
+    import keras_resnet
     from keras_resnet.data import digits
-    from keras_resnet.training.saved_run import restore_model
 
     responses = [analysis.run_responses(runs[m], batch_size=32, max_images=40) for m in ("plain20", "resnet20")]
     for response in responses:
         assert response.images == 40 and response.split == "test"
         assert list(response.layer_names) == cifar_3x3_bn_names(3)
-    model, _ = restore_model(runs["resnet20"])
+    loaded = keras_resnet.load(runs["resnet20"])
+    model = loaded.model
     pixels = np.stack([image for image, _ in digits("test").take(40).as_numpy_iterator()]).astype("float32")
-    images = pixels - np.load(os.path.join(runs["resnet20"], "pixel_mean.npy"))
+    images = pixels - loaded.mean
     for index in (0, 18):
         reader = keras.Model(model.input, model.get_layer(responses[1].layer_names[index]).output)
         expected = keras.ops.convert_to_numpy(reader(images, training=False)).astype(np.float64).std()

@@ -6,6 +6,7 @@ the README's CIFAR-10 command on the tarball as published."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 import tensorflow as tf
 from data_writers import encode, write_cifar10_tarball
 
+import keras_resnet
 import keras_resnet.data as data
 from keras_resnet.data.arrays import digits_arrays
 from keras_resnet.preprocessing import MODES, preprocess_input
@@ -160,11 +162,13 @@ def test_every_mode_on_every_source_and_view(own_dir, tmp_path):
 
 
 def _listing(directory):
-    """Every file under a directory with its size and mtime: what a refused run must not change."""
+    """Every file under a directory with its size and mtime: what a refused run must not change
+    (the lock aside: taking it is how a run starts)."""
     return {
         os.path.join(dp, f): (os.stat(os.path.join(dp, f)).st_size, os.stat(os.path.join(dp, f)).st_mtime_ns)
         for dp, _, fs in os.walk(directory)
         for f in fs
+        if f != "training.lock"
     }
 
 
@@ -177,7 +181,7 @@ def trained(own_dir, tmp_path_factory):
 
 def test_a_folder_run_is_named_after_its_directory_and_lists_its_held_out_files(trained, own_dir):
     config = json.loads(open(os.path.join(trained.model_dir, "config.json")).read())
-    assert config["dataset"] == "shapes3" and config["class_names"] == list(NAMES)
+    assert config["training"]["dataset"] == "shapes3" and config["record"]["class_names"] == list(NAMES)
     with open(os.path.join(trained.model_dir, "held_out.txt")) as f:
         listed = f.read().split()
     held = data.folder_split(own_dir, "validation", 0.25).paths
@@ -187,16 +191,16 @@ def test_a_folder_run_is_named_after_its_directory_and_lists_its_held_out_files(
 @pytest.mark.parametrize(
     "change, named",
     [
-        (dict(model="resnet32"), "--model=resnet32 but the run was resnet20"),
-        (dict(shortcut="B"), "--shortcut=B but the run was A"),
-        (dict(dataset="other"), "--dataset=other but the run was shapes3"),
-        (dict(image_size=40), "--image_size=40 but the run was 32"),
-        (dict(batch_size=4), "--batch_size=4 but the run was 8"),
+        (dict(model="resnet32"), "network: recorded 'resnet20', given 'resnet32'"),
+        (dict(shortcut="B"), "architecture shortcut: recorded 'A', given 'B'"),
+        (dict(dataset="other"), "dataset: recorded 'shapes3', given 'other'"),
+        (dict(image_size=40), "architecture input_shape: recorded [32, 32, 3], given [40, 40, 3]"),
+        (dict(batch_size=4), "batch_size: recorded 8, given 4"),
     ],
 )
 def test_a_rerun_with_other_settings_is_refused_and_changes_nothing(trained, own_dir, change, named):
     before = _listing(trained.model_dir)
-    with pytest.raises(ValueError, match=named.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(named)):
         loop.train(own_config(own_dir, trained.model_dir, preprocess_mode="tf", train_steps=4, **change))
     assert _listing(trained.model_dir) == before
 
@@ -215,7 +219,7 @@ def test_every_preprocessing_mode_trains_on_folders(own_dir, tmp_path, mode):
     result = loop.train(own_config(own_dir, tmp_path / mode, preprocess_mode=mode))
     assert result.step == 2 and np.isfinite(result.train["loss"])
     if mode == "pixel_mean":  # the folder set's own per-channel mean, kept in the run dir
-        mean = np.load(os.path.join(result.model_dir, "pixel_mean.npy"))
+        mean = keras_resnet.load(result.model_dir).mean
         assert mean.shape == (1, 1, 3) and 20 < mean.ravel()[0] < 120
 
 

@@ -14,10 +14,11 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet
+from keras_resnet import run_dir as run_layout
 from keras_resnet.data import load_arrays
 from keras_resnet.export import export_run, variants
 from keras_resnet.preprocessing import preprocess_input
-from keras_resnet.training import saved_run
+from keras_resnet.training.config import write_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,12 +42,12 @@ def run_dir(tmp_path_factory):
         "model_kwargs": {},
         "dataset": "digits",
         "data_dir": None,
-        "preprocessing": {"mode": "pixel_mean", "mean_file": saved_run.MEAN_FILE},
+        "preprocessing": {"mode": "pixel_mean"},
         "class_names": [str(i) for i in range(10)],
     }
-    saved_run.write_config(path, config, pixel_mean=mean)
+    write_run(path, config, pixel_mean=mean)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=tf.Variable(0))
-    tf.train.CheckpointManager(checkpoint, os.path.join(path, saved_run.CHECKPOINT_SUBDIR), max_to_keep=1).save()
+    tf.train.CheckpointManager(checkpoint, os.path.join(path, run_layout.CHECKPOINT_SUBDIR), max_to_keep=1).save()
     return path
 
 
@@ -118,7 +119,7 @@ def test_int8_model_runs_at_any_batch(exported):
 
 
 def test_a_run_dir_without_checkpoint_writes_nothing(tmp_path):
-    saved_run.write_config(str(tmp_path), {"model": "resnet20", "preprocessing": {"mode": "tf"}})
+    write_run(str(tmp_path), {"model": "resnet20", "preprocessing": {"mode": "tf"}})
     with pytest.raises(ValueError, match="no checkpoint"):
         export_run(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["config.json"]

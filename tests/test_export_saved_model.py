@@ -21,10 +21,11 @@ from export_helpers import read_only_dir
 from PIL import Image
 
 import keras_resnet
+from keras_resnet import run_dir
 from keras_resnet.export import calibration, saved_model, sources, verify
 from keras_resnet.preprocessing import preprocess_input
 from keras_resnet.testing import sample_photos, with_trained_statistics
-from keras_resnet.training import saved_run
+from keras_resnet.training.config import write_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASS_NAMES = [f"digit {i}" for i in range(10)]
@@ -32,22 +33,20 @@ TOP_K = 5
 
 
 def make_run_dir(path, with_checkpoint=True):
-    """A model dir exactly as the saved_run contract (and the trainer) lays it out."""
+    """A model dir exactly as the trainer lays it out (keras_resnet.run_dir)."""
     model = keras_resnet.get_builder("resnet20")()
     mean = np.random.default_rng(0).uniform(60, 140, (32, 32, 3)).astype("float32")
     with_trained_statistics(model, preprocess_input(sample_photos(32, 16, seed=3), "pixel_mean", mean), seed=0)
     config = {
         "model": "resnet20",
         "model_kwargs": {},
-        "preprocessing": {"mode": "pixel_mean", "mean_file": saved_run.MEAN_FILE},
+        "preprocessing": {"mode": "pixel_mean"},
         "class_names": CLASS_NAMES,
     }
-    saved_run.write_config(str(path), config, pixel_mean=mean)
+    write_run(str(path), config, pixel_mean=mean)
     if with_checkpoint:
         checkpoint = tf.train.Checkpoint(model=model, optimizer=keras.optimizers.SGD(), step=tf.Variable(0))
-        tf.train.CheckpointManager(
-            checkpoint, os.path.join(str(path), saved_run.CHECKPOINT_SUBDIR), max_to_keep=1
-        ).save()
+        tf.train.CheckpointManager(checkpoint, os.path.join(str(path), run_dir.CHECKPOINT_SUBDIR), max_to_keep=1).save()
     return model, mean
 
 

@@ -1,10 +1,9 @@
 """The faults a real run meets, each reproduced: a newest checkpoint truncated or missing, no
 readable checkpoint at all, a second training on the same run dir, a lock left by a killed
-run, a torn last line of metrics.jsonl, staging files of killed saves, a full disk, and
+run (an flock: free once its process is gone), a torn last line of metrics.jsonl, staging files of killed saves, a full disk, and
 SIGTERM while the input pipeline delivers nothing. Runs that must repeat bit for bit run in
 fresh processes with --deterministic; the others in this process on a small BN net."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_resnet.training import loop, reporting, rundir
+from keras_resnet import run_dir as run_layout
+from keras_resnet.training import loop, reporting
 from keras_resnet.training.config import recipe
 from keras_resnet.training.preemption import PREEMPTED_STATUS
 
@@ -101,8 +101,8 @@ def test_a_bad_newest_checkpoint_falls_back_to_the_newest_readable_one(fallback_
     checkpoints = root / name / "checkpoints"
     if name == "truncated":
         assert "checkpoint ckpt-8 is unreadable (" in resumed
-        assert f"moved ckpt-8's files aside as ckpt-8.*{rundir.UNREADABLE_SUFFIX}" in resumed
-        assert (checkpoints / f"ckpt-8.index{rundir.UNREADABLE_SUFFIX}").exists()
+        assert f"moved ckpt-8's files aside as ckpt-8.*{run_layout.UNREADABLE_SUFFIX}" in resumed
+        assert (checkpoints / f"ckpt-8.index{run_layout.UNREADABLE_SUFFIX}").exists()
     else:
         assert f"checkpoint ckpt-8 is listed in {checkpoints / 'checkpoint'} but its files are gone" in resumed
     assert "resuming from ckpt-6, the newest readable checkpoint" in resumed
@@ -144,33 +144,41 @@ def test_no_readable_checkpoint_is_refused_and_nothing_is_overwritten(tmp_path):
         if ".data-" in name:
             os.truncate(checkpoints / name, 10)
     before = {name: (checkpoints / name).read_bytes() for name in os.listdir(checkpoints)}
-    with pytest.raises(rundir.RunDirError) as error:
+    with pytest.raises(run_layout.RunDirError) as error:
         loop.train(small_config(tmp_path / "run", train_steps=8), model_fn=small_net)
     message = str(error.value)
     assert message.startswith(f"no readable checkpoint in {checkpoints}: checkpoint ckpt-4 is unreadable (")
     assert "move them away (or use another --model_dir) to start afresh" in message
     assert {name: (checkpoints / name).read_bytes() for name in os.listdir(checkpoints)} == before
-    assert not (tmp_path / "run" / rundir.LOCK_NAME).exists()  # released on the way out
+    assert _lock_is_free(tmp_path / "run")  # released on the way out
 
 
-def _process_that_exits():
-    done = subprocess.Popen([sys.executable, "-c", "pass"])
-    done.wait()
-    return done.pid
+def _lock_is_free(model_dir):
+    """Whether another process can take the run dir's lock now."""
+    script = "import sys, filelock; filelock.FileLock(sys.argv[1], timeout=0).acquire(); print('free')"
+    taken = subprocess.run([sys.executable, "-c", script, str(model_dir / run_layout.LOCK_NAME)], capture_output=True)
+    return taken.stdout.strip() == b"free"
 
 
-def _write_lock(model_dir, pid):
-    os.makedirs(model_dir, exist_ok=True)
-    holder = {"pid": pid, "host": os.uname().nodename, "started": "2026-01-01T00:00:00"}
-    (model_dir / rundir.LOCK_NAME).write_text(json.dumps(holder))
+def _holder(model_dir):
+    """A process holding the run dir's lock (as a training would), once it holds it."""
+    script = (
+        "import sys, time; from keras_resnet import run_dir; lock = run_dir.RunLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(model_dir)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
 
 
 def test_a_second_training_on_the_same_run_dir_is_refused_before_anything_is_written(tmp_path):
     model_dir = tmp_path / "busy"
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the run holding the dir
+    other = _holder(model_dir)  # the run holding the dir
     try:
-        _write_lock(model_dir, other.pid)
-        with pytest.raises(rundir.RunDirError) as error:
+        with pytest.raises(run_layout.RunDirError) as error:
             loop.train(small_config(model_dir), model_fn=small_net)
     finally:
         other.kill()
@@ -178,17 +186,19 @@ def test_a_second_training_on_the_same_run_dir_is_refused_before_anything_is_wri
     assert str(error.value).startswith(
         f"{str(model_dir)!r} is in use by another training (pid {other.pid} on {os.uname().nodename}, started "
     )
-    assert os.listdir(model_dir) == [rundir.LOCK_NAME]  # no config, checkpoint or metrics written
+    assert os.listdir(model_dir) == [run_layout.LOCK_NAME]  # no config, checkpoint or metrics written
 
 
-def test_a_lock_left_by_a_killed_run_is_stale_and_replaced(tmp_path, capsys):
-    model_dir = tmp_path / "stale"
-    dead = _process_that_exits()
-    _write_lock(model_dir, dead)
+def test_a_lock_left_by_a_killed_run_does_not_hold_the_run_dir(tmp_path):
+    """The lock is an flock: the kernel releases it with the process, however it ends."""
+    model_dir = tmp_path / "killed"
+    killed = _holder(model_dir)
+    killed.kill()
+    killed.wait()
+    assert (model_dir / run_layout.LOCK_NAME).exists()
     loop.train(small_config(model_dir), model_fn=small_net)
-    assert f"removed the stale lock {model_dir / rundir.LOCK_NAME} of pid {dead} on" in capsys.readouterr().out
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
-    assert not (model_dir / rundir.LOCK_NAME).exists()
+    assert _lock_is_free(model_dir)
 
 
 def test_torn_metrics_line_and_staging_leftovers_of_a_killed_run(tmp_path, capsys):
@@ -261,7 +271,7 @@ def test_sigterm_ends_a_run_whose_input_pipeline_delivers_nothing(tmp_path):
         f"{PREEMPTED_STATUS}: the last checkpoint is none yet (a rerun starts from scratch)"
     ) in output
     assert "Traceback" not in output
-    assert not (model_dir / rundir.LOCK_NAME).exists()
+    assert _lock_is_free(model_dir)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """The training loop on the bundled digits data: it learns; its run dir restores through
-saved_run and evaluates (keras_resnet.evaluation, train/evaluate.py) to the error it
+keras_resnet.load and evaluates (keras_resnet.evaluation, train/evaluate.py) to the error it
 reported; it decays exactly the kernels, runs in bfloat16 with float32 variables,
 fine-tunes with frozen stages or frozen BN, stops on a non-finite loss, and
 refuses bad input early. One trained run (`learned`) serves the tests that need one."""
@@ -16,9 +16,9 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_resnet
-from keras_resnet import data, evaluation
+from keras_resnet import data, evaluation, run_dir
 from keras_resnet.preprocessing import preprocess_input
-from keras_resnet.training import loop, reporting, saved_run
+from keras_resnet.training import loop, reporting
 from keras_resnet.training.config import recipe, validate
 from keras_resnet.training.inputs import Inputs
 from keras_resnet.training.strategy import make_strategy, parse_tf_config
@@ -52,15 +52,19 @@ def test_learning_is_real(learned):
     assert learned.eval["top1_error"] <= 0.10, learned.eval
 
 
-def test_run_dir_restores_through_saved_run(learned):
-    """The exporters' contract: config.json + checkpoints/ rebuild the trained classifier, whose
-    test error, computed here without the data pipeline, is the one the run reported."""
-    config = saved_run.read_config(learned.model_dir)
-    assert config["model"] == "resnet20" and config["dataset"] == "digits"
-    assert config["model_kwargs"] == {"classes": 10, "input_shape": [32, 32, 3]}
-    assert config["class_names"] == [str(d) for d in range(10)]
-    model, _ = saved_run.restore_model(learned.model_dir)
-    mode, mean = saved_run.preprocessing(learned.model_dir, config)
+def test_run_dir_restores_through_its_record(learned):
+    """The exporters' contract: config.json (the record and the training config, each once) +
+    checkpoints/ rebuild the trained classifier, whose test error, computed here without the
+    data pipeline, is the one the run reported."""
+    config = json.loads(open(os.path.join(learned.model_dir, "config.json")).read())
+    assert sorted(config) == ["record", "training"]
+    assert config["training"]["model"] == "resnet20" and config["training"]["dataset"] == "digits"
+    assert not {"preprocess_mode", "preprocessing", "class_names", "model_kwargs"} & set(config["training"])
+    record = run_dir.record_of(learned.model_dir)
+    assert (record.architecture.classes, record.architecture.input_shape) == (10, (32, 32, 3))
+    assert record.class_names == tuple(str(d) for d in range(10))
+    loaded = keras_resnet.load(learned.model_dir)
+    model, mode, mean = loaded.model, loaded.preprocess_mode, loaded.mean
     assert mode == "pixel_mean" and mean.shape == (32, 32, 3)
     images, labels = data.load_arrays("digits", "test")
     probabilities = model.predict(preprocess_input(images.astype("float32"), mode, mean), verbose=0)
@@ -286,7 +290,7 @@ def _stage(path):
 def test_fine_tuning_with_freeze_trains_only_the_later_stages_and_the_new_head(learned, tmp_path):
     """--init_weights RUN_DIR --classes 10 --freeze conv3."""
     source_dir = learned.model_dir
-    before = _weights(saved_run.restore_model(source_dir)[0])
+    before = _weights(keras_resnet.load(source_dir).model)
     result = loop.train(
         digits_config(
             tmp_path / "tuned",
@@ -298,7 +302,7 @@ def test_fine_tuning_with_freeze_trains_only_the_later_stages_and_the_new_head(l
             learning_rate=0.01,
         )
     )
-    after = _weights(saved_run.restore_model(result.model_dir)[0])
+    after = _weights(keras_resnet.load(result.model_dir).model)
     assert set(after) == set(before)
     frozen = [p for p in before if _stage(p) is not None and _stage(p) <= 3]
     training = [p for p in before if _stage(p) == 4 and p.endswith(("kernel", "gamma", "beta", "moving_mean"))]
@@ -307,14 +311,14 @@ def test_fine_tuning_with_freeze_trains_only_the_later_stages_and_the_new_head(l
         np.testing.assert_array_equal(after[path], before[path], err_msg=path)
     for path in training + ["predictions/kernel"]:
         assert not np.array_equal(after[path], before[path]), path
-    config = saved_run.read_config(result.model_dir)
-    assert (config["init_weights"], config["freeze"], config["model_kwargs"]["classes"]) == (source_dir, "conv3", 10)
+    config = run_dir.training_config(result.model_dir)
+    assert (config["init_weights"], config["freeze"], config["classes"]) == (source_dir, "conv3", 10)
 
 
 def test_fine_tuning_with_freeze_bn_keeps_every_batch_norm_fixed(learned, tmp_path):
     """--init_weights RUN_DIR --classes 10 --freeze_bn."""
     source_dir = learned.model_dir
-    before = _weights(saved_run.restore_model(source_dir)[0])
+    before = _weights(keras_resnet.load(source_dir).model)
     result = loop.train(
         digits_config(
             tmp_path / "tuned_bn",
@@ -326,7 +330,7 @@ def test_fine_tuning_with_freeze_bn_keeps_every_batch_norm_fixed(learned, tmp_pa
             learning_rate=0.01,
         )
     )
-    model = saved_run.restore_model(result.model_dir)[0]
+    model = keras_resnet.load(result.model_dir).model
     after = _weights(model)
     bn = [v.path for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) for v in layer.weights]
     assert any(p.endswith("moving_variance") for p in bn)
@@ -350,7 +354,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         loop.train(config, inputs)
     latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
     assert latest.endswith("ckpt-3") and latest in str(error.value)
-    model, _ = saved_run.restore_model(config.model_dir)
+    model = keras_resnet.load(config.model_dir).model
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
@@ -453,4 +457,4 @@ def test_synthetic_data_trains_on_one_batch_without_reading_data(tmp_path, capsy
     records = [r for r in reporting.read_metrics(result.model_dir) if r["split"] == "train"]
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert records[-1]["top1_error"] < records[0]["top1_error"] and records[-1]["loss"] < records[0]["loss"] / 2
-    assert result.eval is None and saved_run.read_config(result.model_dir)["synthetic_data"] is True
+    assert result.eval is None and run_dir.training_config(result.model_dir)["synthetic_data"] is True

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_resnet.training import reporting, saved_run
+import keras_resnet
+from keras_resnet.training import reporting
 from keras_resnet.training.preemption import PREEMPTED_STATUS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,8 +100,8 @@ def test_sigkill_inside_a_loop_then_resume_reaches_the_uninterrupted_weights_bit
     output = _finish(_start([str(script), killed, whole]))  # the resume, then a run never interrupted
     assert f"resumed from {os.path.join(killed, 'checkpoints', f'ckpt-{stopped_at}')}" in output
 
-    resumed, _ = saved_run.restore_model(killed)
-    reference, _ = saved_run.restore_model(whole)
+    resumed = keras_resnet.load(killed).model
+    reference = keras_resnet.load(whole).model
     for a, b in zip(resumed.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)
     steps = [r["step"] for r in reporting.read_metrics(killed) if r["split"] == "train"]

@@ -17,8 +17,8 @@ import tensorflow as tf
 from model_helpers import randomize
 
 import keras_resnet
-from keras_resnet import builders, specs, weights
-from keras_resnet.training import saved_run
+from keras_resnet import builders, run_dir, specs, weights
+from keras_resnet.training.config import write_run
 
 SIZE = 32  # keras.applications' smallest input; the weights do not depend on it
 
@@ -291,11 +291,11 @@ def test_training_run_dir(tmp_path):
     config = {
         "model": "resnet20",
         "model_kwargs": {"classes": 5},
-        "preprocessing": {"mode": "pixel_mean", "mean_file": saved_run.MEAN_FILE},
+        "preprocessing": {"mode": "pixel_mean"},
     }
-    saved_run.write_config(str(tmp_path), config, pixel_mean=mean)
+    write_run(str(tmp_path), config, pixel_mean=mean)
     checkpoint = tf.train.Checkpoint(model=original, step=tf.Variable(3))
-    tf.train.CheckpointManager(checkpoint, str(tmp_path / saved_run.CHECKPOINT_SUBDIR), max_to_keep=1).save()
+    tf.train.CheckpointManager(checkpoint, str(tmp_path / run_dir.CHECKPOINT_SUBDIR), max_to_keep=1).save()
     model = keras_resnet.ResNet20(weights=str(tmp_path), include_top=False, pooling="avg")
     features = keras.Model(original.input, original.get_layer("avg_pool").output)
     x = images(8)

@@ -41,14 +41,13 @@ def dataset_images(name, split, count, *, data_dir=None, image_size=None, val_sp
 
 
 def eval_split(source):
-    """The split accuracy is measured on: test where the data set has one, else the split
-    its training evaluated (the part held out with --val_split, or validation); None for
-    class folders with neither (the copies are then compared on the calibration images)."""
+    """The split accuracy is measured on: the one the run's training evaluated
+    (`keras_resnet.evaluation.split_of`); None for class folders with neither validation nor
+    test (the copies are then compared on the calibration images)."""
     from keras_resnet import data
-    from keras_resnet.training.inputs import eval_split as training_eval_split
+    from keras_resnet.evaluation import split_of
 
-    info = data.dataset_info(source.dataset, source.data_dir, val_split=source.val_split)
-    return "test" if "test" in info.num_examples else training_eval_split(source.val_split, info)
+    return split_of(data.dataset_info(source.dataset, source.data_dir, val_split=source.val_split), source.val_split)
 
 
 def _data_kwargs(source):

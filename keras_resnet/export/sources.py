@@ -15,12 +15,12 @@ import os
 
 import numpy as np
 
+from keras_resnet import run_dir
 from keras_resnet import weights as weights_lib
 from keras_resnet.builders import with_data_format
 from keras_resnet.loading import load
 from keras_resnet.preprocessing import check_mode
 from keras_resnet.record import Record, check_preprocessing
-from keras_resnet.training import saved_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,15 +183,15 @@ def from_run_dir(model_dir, *, preprocess_mode=None, class_names=None, name=None
     names); served under the run dir's name unless `name` is given."""
     if not os.path.isdir(model_dir):
         raise ValueError(f"model_dir {model_dir!r} is not a directory")
-    config = saved_run.read_config(model_dir)
+    training = run_dir.training_config(model_dir)
     loaded = load(model_dir, preprocess_mode=preprocess_mode)
     return _from_loaded(
         loaded,
         class_names=class_names,
         name=name or os.path.basename(os.path.normpath(os.path.abspath(model_dir))),
-        dataset=config.get("dataset"),
-        data_dir=config.get("data_dir"),
-        val_split=config.get("val_split") or 0.0,
+        dataset=training.get("dataset"),
+        data_dir=training.get("data_dir"),
+        val_split=training.get("val_split") or 0.0,
         where=f"the run {model_dir!r}",
     )
 

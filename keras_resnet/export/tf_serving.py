@@ -19,7 +19,7 @@ import unicodedata
 import numpy as np
 
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, IMAGE_BYTES, IMAGES
-from keras_resnet.training import saved_run
+from keras_resnet.run_dir import atomic_write_bytes
 
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG = "models.config"
@@ -185,7 +185,7 @@ def write_models_config(base_path, model_name, serving_base="/models", labels=No
 
     path = os.path.join(base_path, MODELS_CONFIG)
     config = merged_models_config(base_path, model_name, serving_base, labels)
-    saved_run.atomic_write_bytes(path, text_format.MessageToString(config).encode())
+    atomic_write_bytes(path, text_format.MessageToString(config).encode())
     return path
 
 
@@ -311,7 +311,7 @@ def read_batching_parameters(path):
 def write_batching_parameters(base_path, parameters):
     """Write `<base_path>/batching_parameters.txt` atomically; returns its path."""
     path = os.path.join(base_path, BATCHING_PARAMETERS)
-    saved_run.atomic_write_bytes(path, batching_parameters_text(parameters).encode())
+    atomic_write_bytes(path, batching_parameters_text(parameters).encode())
     return path
 
 

@@ -48,11 +48,11 @@ class RunCurves:
 def _architecture(model_dir):
     """The run's recorded architecture (name, residual, spec.depth), a ValueError if the run
     is not a training run dir or trained a network no builder rebuilds."""
-    from keras_resnet.training import saved_run
+    from keras_resnet import run_dir
 
-    saved_run.read_config(model_dir)  # its error names the dir
+    run_dir.read_config(model_dir)  # its error names the dir
     try:
-        return saved_run.record_of(model_dir).architecture
+        return run_dir.record_of(model_dir).architecture
     except ValueError as error:
         raise ValueError(f"{model_dir!r}: {error}") from None
 
@@ -65,7 +65,7 @@ def _by_step(records, split):
 
 def read_run(model_dir):
     """The curves of one run dir, a ValueError if it is not a run or has no metrics yet."""
-    from keras_resnet.training import saved_run
+    from keras_resnet import run_dir
     from keras_resnet.training.reporting import METRICS_NAME, learning_rate_drops, read_metrics
 
     architecture = _architecture(model_dir)
@@ -83,7 +83,7 @@ def read_run(model_dir):
         train_error=tuple(100 * r["top1_error"] for r in train),
         test_steps=tuple(r["step"] for r in test),
         test_error=tuple(100 * r["top1_error"] for r in test),
-        lr_drops=learning_rate_drops(saved_run.read_config(model_dir), train),
+        lr_drops=learning_rate_drops(run_dir.training_config(model_dir), train),
         label=architecture.name,
     )
 
@@ -291,11 +291,10 @@ def eval_images(model_dir, record, batch_size=100, max_images=None):
     """(batches, split): the run's own test images (validation for ImageNet-like sets) from
     the data set its config.json names, preprocessed as its record says, at the size it was
     trained, through keras_resnet.data; at most `max_images`."""
-    from keras_resnet import data
+    from keras_resnet import data, run_dir
     from keras_resnet.evaluation import default_split
-    from keras_resnet.training import saved_run
 
-    config = saved_run.read_config(model_dir)
+    config = run_dir.training_config(model_dir)
     split = default_split(config["dataset"], config.get("data_dir"))
     dataset = data.make_eval_input_fn(
         config["dataset"],
@@ -421,18 +420,19 @@ def check_output(path):
 def check_trained_runs(model_dirs):
     """A ValueError for the first of `model_dirs` that is not a run of a registered model with
     a checkpoint, before any of them is loaded."""
-    from keras_resnet.training import saved_run
+    from keras_resnet import run_dir
 
     if not model_dirs:
         raise ValueError("no run dirs given")
     for model_dir in model_dirs:
         _architecture(model_dir)
-        saved_run.latest_checkpoint(model_dir)
+        if not run_dir.checkpoint_prefixes(run_dir.checkpoint_dir(model_dir)):
+            raise ValueError(f"no checkpoint in {run_dir.checkpoint_dir(model_dir)!r}: train first")
 
 
 def save_figure(figure, path):
     """Write the figure in the format its extension names (png, pdf, svg), atomically."""
-    from keras_resnet.training.saved_run import atomic_write_bytes
+    from keras_resnet.run_dir import atomic_write_bytes
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format=check_output(path))
@@ -443,7 +443,7 @@ def save_figure(figure, path):
 def save_figure_and_table(figure, path, table, table_path=None):
     """What the figure scripts end with: the figure written to `path`, the markdown `table`
     printed and, with `table_path`, written there too (both atomically)."""
-    from keras_resnet.training.saved_run import atomic_write_bytes
+    from keras_resnet.run_dir import atomic_write_bytes
 
     save_figure(figure, path)
     print(table)

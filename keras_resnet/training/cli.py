@@ -116,7 +116,21 @@ def config_from_flags(flag_values=flags.FLAGS):
                     f"--{field.name}={','.join(value)}: expected comma-separated {convert.__name__}s"
                 ) from None
         values[field.name] = value
+    if values.get("init_weights") and not flag_values["model"].present:
+        values["model"] = recorded_model(values["init_weights"], values["model"])
     return TrainConfig(**values)
+
+
+def recorded_model(init_weights, default):
+    """The registered network --init_weights record (a run dir, .keras or .weights.h5 file):
+    --model defaults to it; `default` for weights that record none ("imagenet": the recipe's).
+    Its other architecture arguments come with the weights (`weights.build_kwargs`)."""
+    from keras_resnet import weights
+
+    if init_weights == "imagenet":
+        return default
+    record = weights.recorded(init_weights)
+    return default if record is None else record.architecture.name
 
 
 def absl_main(body):
@@ -131,9 +145,9 @@ def absl_main(body):
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+        from keras_resnet.run_dir import RunDirError
         from keras_resnet.training.loop import NonFiniteLossError
         from keras_resnet.training.preemption import PREEMPTED_STATUS
-        from keras_resnet.training.rundir import RunDirError
         from keras_resnet.training.strategy import WorkerLostError
 
         try:

@@ -2,7 +2,7 @@
 
 Every field is a command-line flag of `train/cifar10.py` and `train/imagenet.py` (the help
 text lives here, in the field's metadata), and the resolved configuration is saved beside
-the checkpoints it produced (`keras_resnet.saved_run`).
+the checkpoints it produced (`keras_resnet.run_dir`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+
+import numpy as np
 
 from keras_resnet.preprocessing import MODES
 
@@ -312,7 +314,6 @@ def validate(config):
         raise ValueError("freeze/freeze_bn fine-tune pretrained weights: give --init_weights too")
     if not 0 <= config.val_split < 1:
         raise ValueError(f"val_split={config.val_split!r} must be a fraction in [0, 1) (0: none)")
-    check_resume(config)
     return config
 
 
@@ -342,58 +343,92 @@ def _shortcut(config):
     return (config.shortcut or DEFAULT_SHORTCUT[builder.spec.stem]) if builder.residual else None
 
 
-# What a run dir is: a rerun must give the same, or start another run dir (fine-tuning from this one).
-IDENTITY = {
-    "model": lambda config: config.model,
-    "shortcut": _shortcut,
-    "dataset": dataset_name,
-    "image_size": lambda config: config.image_size,
-    "batch_size": lambda config: config.batch_size,
+# A run's identity beside its record: the data it was trained on. A resume must give the same.
+DATA_IDENTITY = ("dataset", "val_split", "num_examples", "batch_size")
+# Record parts a resume must keep, in words.
+RECORD_IDENTITY = {
+    "class names": lambda record: None if record.class_names is None else list(record.class_names),
+    "preprocessing mode": lambda record: record.preprocess_mode,
+    "evaluation view": lambda record: {"resize": record.eval_resize, "crop": record.eval_crop},
 }
+# Architecture fields a registry name ("resnet20") stands for.
+NETWORK_KEYS = ("block", "blocks_per_stage", "widths", "stem", "residual")
 
 
-def recorded_identity(recorded):
-    """IDENTITY's values as a run dir's config.json records them (shortcut: what the model was built with)."""
-    shortcut = (recorded.get("model_kwargs") or {}).get("shortcut", recorded.get("shortcut"))
-    if recorded.get("record"):
-        shortcut = recorded["record"].get("architecture", {}).get("shortcut", shortcut)
-    values = {name: recorded.get(name) for name in IDENTITY}
-    values["shortcut"] = shortcut
-    input_shape = (recorded.get("model_kwargs") or {}).get("input_shape")
-    values["input_size"] = input_shape[0] if input_shape else recorded.get("image_size")
-    return values
+def _without(fields, keys):
+    return {k: v for k, v in fields.items() if k not in keys}
 
 
-def check_resume(config):
-    """A rerun into a run dir must be the same run: model, shortcut, data set, image size and
-    batch size as config.json records, else a ValueError naming each difference, raised
-    before anything is written there."""
-    import json
+# Training settings that follow from others or name the run itself: not reported as changed.
+NOT_SETTINGS = ("model_dir",)
 
-    path = os.path.join(config.model_dir, "config.json")
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        recorded = recorded_identity(json.load(f))
-    differences = []
-    for name, given in IDENTITY.items():
-        given = given(config)
-        if name == "shortcut" and recorded[name] is None:
-            continue  # a run dir from before the shortcut was recorded
-        if name == "model" and recorded[name] is None:
-            continue  # a run of a model_fn's network: config.json names no registered model
-        if name == "image_size" and given is not None:
-            same = given == recorded["input_size"]  # the size the run used, given or the data set's
-        else:
-            same = given == recorded[name]
-        if not same:
-            was = recorded["input_size"] if name == "image_size" else recorded[name]
-            differences.append(f"--{name}={given} but the run was {was}")
-    if differences:
-        raise ValueError(
-            f"{config.model_dir} holds another run ({'; '.join(differences)}): rerun with its settings to resume, "
-            "or train into a new --model_dir (with --init_weights " + config.model_dir + " to start from its weights)"
+
+def _shown(value):
+    """A recorded or given value in a message: long lists and mean images shortened."""
+    if isinstance(value, np.ndarray):
+        channels = np.asarray(value, dtype="float64").reshape(-1, 3).mean(axis=0)
+        means = f"channel means ({', '.join(f'{c:.2f}' for c in channels)})"
+        return means if value.size == 3 else f"a {'x'.join(map(str, value.shape))} mean image, {means}"
+    if isinstance(value, list) and len(value) > 8:
+        return f"{len(value)} names {value[:4]}...{value[-2:]}"
+    return repr(value)
+
+
+def _record_differences(recorded, given):
+    """[(what, recorded value, given value)] where two records of a run differ."""
+    if recorded is None or given is None:
+        return (
+            []
+            if recorded is given
+            else [("network", recorded and recorded.architecture.name, given and given.architecture.name)]
         )
+    found = [
+        (what, part(recorded), part(given)) for what, part in RECORD_IDENTITY.items() if part(recorded) != part(given)
+    ]
+    old, new = recorded.architecture.to_json(), given.architecture.to_json()
+    if recorded.architecture.name != given.architecture.name:
+        found.append(("network", recorded.architecture.name, given.architecture.name))
+        old, new = _without(old, NETWORK_KEYS), _without(new, NETWORK_KEYS)
+    found += [
+        (f"architecture {key}", old.get(key), new.get(key))
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    means = recorded.mean, given.mean
+    if (means[0] is None) != (means[1] is None) or (
+        means[0] is not None and (means[0].shape != means[1].shape or not np.allclose(*means, atol=1e-3))
+    ):
+        found.append(("mean", means[0], means[1]))
+    return found
+
+
+def resume_changes(model_dir, recorded, given_record, given_training):
+    """Compare a resume with what `model_dir` records ({"record", "training"} of
+    `keras_resnet.run_dir.read_config`): a ValueError naming each recorded and given value
+    where the run's identity differs (its record, or its data); else {setting: [old, new]}
+    of the settings that changed (learning rate, schedule, intervals, dtype, ...)."""
+    from keras_resnet.record import Record
+
+    record = None if recorded["record"] is None else Record.from_json(recorded["record"])
+    training = recorded["training"]
+    differences = _record_differences(record, given_record)
+    differences += [
+        (key, training.get(key), given_training.get(key))
+        for key in DATA_IDENTITY
+        if training.get(key) != given_training.get(key)
+    ]
+    if differences:
+        named = "; ".join(f"{what}: recorded {_shown(old)}, given {_shown(new)}" for what, old, new in differences)
+        raise ValueError(
+            f"{model_dir} holds another run ({named}): to resume it, give its data and settings; to start a new "
+            f"run, use another --model_dir; to fine-tune from this one, use another --model_dir with --init_weights {model_dir}"
+        )
+    keys = sorted((set(training) | set(given_training)) - set(NOT_SETTINGS) - set(DATA_IDENTITY))
+    return {
+        key: [training.get(key), given_training.get(key)]
+        for key in keys
+        if training.get(key) != given_training.get(key)
+    }
 
 
 def is_deep_cifar(model):
@@ -431,7 +466,7 @@ def base_learning_rate(config):
 
 
 def model_kwargs(config, image_size):
-    """Builder arguments of the run's model, what saved_run rebuilds it from: the head and
+    """Builder arguments of the run's model, what its record is made from: the head and
     input size, the architecture arguments --init_weights were made with, and the flags."""
     kwargs = {}
     if config.init_weights:
@@ -441,6 +476,56 @@ def model_kwargs(config, image_size):
     kwargs.update(classes=config.classes, input_shape=[int(image_size[0]), int(image_size[1]), 3])
     kwargs.update({k: getattr(config, k) for k in ("shortcut", "stride_in") if getattr(config, k) is not None})
     return kwargs
+
+
+# What the trainer's flat config holds beside the TrainConfig for the record (not the training config).
+RECORD_KEYS = ("class_names", "preprocessing", "model_kwargs", "eval_view", "preprocess_mode")
+
+
+def run_record(flat, pixel_mean=None):
+    """The Record of a run's network from the trainer's flat config (TrainConfig fields plus
+    "model_kwargs", "preprocessing", "class_names", "eval_view"): its architecture (registry
+    name and builder arguments), preprocessing and class names, and its evaluation view (a
+    centre crop of the training size; ImageNet-stem nets from the shorter side resized in
+    the ratio 256:224). None for a model_fn's network (no registered model)."""
+    from keras_resnet import builders
+    from keras_resnet.record import Record
+
+    if not flat.get("model"):
+        return None
+    builder = builders.get_builder(flat["model"])
+    kwargs = dict(flat.get("model_kwargs") or {})
+    known = {k: kwargs[k] for k in builders.ARCHITECTURE_ARGS if kwargs.get(k) is not None}
+    architecture = builders.architecture_of(builder.spec, builder.residual, **known)
+    preprocessing = flat.get("preprocessing") or {"mode": "caffe"}
+    crop = architecture.input_shape[0]
+    resize = round(crop * 256 / 224) if architecture.spec.stem == "imagenet" and crop else None
+    if flat.get("eval_view"):  # what the data layer's centre view did in training (keras_resnet.data.eval_view)
+        resize, crop = flat["eval_view"]["resize"], flat["eval_view"]["crop"]
+    return Record(
+        architecture,
+        preprocess_mode=preprocessing["mode"],
+        mean=pixel_mean,
+        class_names=flat.get("class_names"),
+        eval_resize=resize,
+        eval_crop=crop,
+        weights={"source": f"trained: {flat.get('dataset') or 'own data'}, {flat.get('train_steps')} steps"},
+    )
+
+
+def training_part(flat):
+    """The training config config.json keeps: the flat config without what the record holds,
+    as JSON reads it back."""
+    import json
+
+    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in RECORD_KEYS}, default=str))
+
+
+def write_run(model_dir, flat, pixel_mean=None):
+    """Write the run's config.json (`keras_resnet.run_dir`) from the trainer's flat config."""
+    from keras_resnet import run_dir
+
+    run_dir.write_config(model_dir, run_record(flat, pixel_mean), training_part(flat))
 
 
 def to_dict(config):

@@ -45,9 +45,9 @@ def _clear_previous_demo(model_dir):
     """A demo trains from scratch: remove an earlier demo's run dir, refuse anything else."""
     if not os.path.exists(model_dir):
         return
-    from keras_resnet.training import saved_run
+    from keras_resnet import run_dir
 
-    config = saved_run.read_config(model_dir) if os.path.isdir(model_dir) else {}
+    config = run_dir.training_config(model_dir) if run_dir.is_run_dir(model_dir) else {}
     if config.get("dataset") != "digits":
         raise ValueError(f"{model_dir!r} exists and is not a demo run: move it away or pass another model_dir")
     shutil.rmtree(model_dir)

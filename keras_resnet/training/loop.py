@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import shutil
@@ -21,8 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_resnet import run_dir
 from keras_resnet.training import config as config_lib
-from keras_resnet.training import preemption, rundir, saved_run, schedules
+from keras_resnet.training import preemption, schedules
 from keras_resnet.training import strategy as strategy_lib
 from keras_resnet.training.reporting import Reporter
 
@@ -249,10 +251,17 @@ def evaluate(eval_step, dataset, stop=None):
 
 def synchronize_batch_norm(model):
     """Make every BatchNormalization layer use statistics of the global batch (all replicas)."""
-    # _flatten_layers reaches BNs inside nested models too; Keras' public model.layers is one level.
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
+
+
+def _all_layers(model):
+    """Every layer of `model`, those inside nested models too (`model.layers` is one level)."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def build_model(config, image_size):
@@ -299,22 +308,31 @@ def _seed_everything(config):
 
 
 def _run_config(config, info, inputs, custom_model):
-    """The dict config.json holds: the saved_run contract plus the full resolved config.
+    """The flat config `run_dir.write_run` splits into the record and the training config.
 
     A model from a `model_fn` is not in the registry: "model" is then null, and the run dir
-    holds weights that saved_run cannot rebuild an architecture for.
+    holds weights that no builder rebuilds (its record is null).
     """
-    mean_file = saved_run.MEAN_FILE if inputs.pixel_mean is not None else None
     return {
         **config_lib.to_dict(config),
         "model": None if custom_model else config.model,
         "model_kwargs": None if custom_model else config_lib.model_kwargs(config, info["image_size"]),
-        "preprocessing": {"mode": inputs.preprocess_mode, "mean_file": mean_file},
+        "preprocessing": {"mode": inputs.preprocess_mode},
         "class_names": list(inputs.class_names) if inputs.class_names is not None else None,
         "eval_view": inputs.eval_view,
         "steps_per_epoch": info["steps_per_epoch"],
         "num_examples": info["num_examples"],
     }
+
+
+def _checkpointable_iterator(iterator):
+    """Whether a distributed iterator can be checkpointed (it is for some inputs only):
+    tf.train.Checkpoint refuses what is not trackable."""
+    try:
+        tf.train.Checkpoint(iterator=iterator)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _checkpointable(input_fn):
@@ -358,13 +376,11 @@ class _Run:
         else:
             self.iterator = iter(strategy.distribute_datasets_from_function(_checkpointable(inputs.train_fn)))
             save_iterator = inputs.in_memory if config.checkpoint_iterator is None else config.checkpoint_iterator
-            # TensorFlow exports no public type for "a checkpointable object"; a distributed
-            # iterator is one only for some inputs, so test for the internal base class.
-            if save_iterator and isinstance(self.iterator, tf.__internal__.tracking.Trackable):
+            if save_iterator and _checkpointable_iterator(self.iterator):
                 tracked["iterator"] = self.iterator
         self.eval_dataset = strategy.distribute_datasets_from_function(inputs.eval_fn) if inputs.eval_fn else None
         self.checkpoint = tf.train.Checkpoint(**tracked)
-        self.directory = os.path.join(config.model_dir, saved_run.CHECKPOINT_SUBDIR)
+        self.directory = run_dir.checkpoint_dir(config.model_dir)
         self.save_directory = strategy_lib.checkpoint_dir(self.directory, strategy)
         self.saved_step, self.saved_path, self.manager = None, None, None
 
@@ -372,7 +388,7 @@ class _Run:
         """Resume from the newest readable checkpoint in model_dir, if any (saying which were
         skipped); returns (its path or None, messages). The CheckpointManager is made after,
         over the list of checkpoints the restore left."""
-        path, messages = rundir.restore_newest_readable(self.checkpoint, self.directory, chief=self.chief)
+        path, messages = run_dir.restore_newest_readable(self.checkpoint, self.directory, chief=self.chief)
         if path is not None:
             self.saved_step, self.saved_path = int(self.step.numpy()), path
         self.manager = tf.train.CheckpointManager(
@@ -395,13 +411,12 @@ class _Run:
             return "none yet (a rerun starts from scratch)"
         return f"step {self.saved_step} ({self.saved_path})"
 
+    def flat_config(self):
+        return _run_config(self.config, self.info, self.inputs, self.custom_model)
+
     def write_config(self):
         if self.chief:
-            saved_run.write_config(
-                self.config.model_dir,
-                _run_config(self.config, self.info, self.inputs, self.custom_model),
-                pixel_mean=self.inputs.pixel_mean,
-            )
+            config_lib.write_run(self.config.model_dir, self.flat_config(), pixel_mean=self.inputs.pixel_mean)
 
     def cleanup(self):
         if self.save_directory != self.directory:
@@ -537,6 +552,17 @@ def synthetic_inputs(config):
     return Inputs(None, None, examples, config.classes or classes, (size, size), preprocess_mode="tf")
 
 
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def is_disk_full(error):
+    """Whether an OSError or TensorFlow error says the disk (or quota, or file size limit) is full."""
+    if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+        return True
+    return any(text in str(error) for text in NO_SPACE_TEXTS)
+
+
 @contextlib.contextmanager
 def _disk_full_is_one_line(model_dir, run_holder):
     """A full disk (or quota, or file size limit) while writing the run becomes one RunDirError
@@ -544,11 +570,11 @@ def _disk_full_is_one_line(model_dir, run_holder):
     try:
         yield
     except (OSError, tf.errors.OpError) as error:
-        if not rundir.is_disk_full(error):
+        if not is_disk_full(error):
             raise
         last = run_holder[0].last_checkpoint() if run_holder else "none yet"
-        raise rundir.RunDirError(
-            f"no space left writing to {model_dir} ({rundir.first_line(error)}): free some space there or use "
+        raise run_dir.RunDirError(
+            f"no space left writing to {model_dir} ({run_dir.first_line(error)}): free some space there or use "
             f"another --model_dir, then rerun to resume; the last checkpoint is {last}"
         ) from None
 
@@ -573,7 +599,7 @@ def train(config, inputs=None, model_fn=None):
     through `keras_resnet.data` (or to synthetic_inputs with --synthetic_data);
     `model_fn(config, image_size)` -> a Keras model emitting logits replaces the registered
     `config.model` (for architectures outside the zoo). Every argument is checked before
-    training starts, and the run dir is locked (`rundir.acquire_lock`) before anything is
+    training starts, and the run dir is locked (`run_dir.RunLock`) before anything is
     written there. Under multi_worker no TensorFlow op may run before this call (TF
     configures its collectives at start-up): make `inputs` whose functions build their
     datasets when called.
@@ -581,28 +607,37 @@ def train(config, inputs=None, model_fn=None):
     config_lib.validate(config)
     strategy = strategy_lib.make_strategy(config.strategy, tpu=config.tpu, cluster_resolver=config.cluster_resolver)
     strategy_lib.check_batch_size(config.batch_size, strategy)
-    lock, notes = None, strategy_lib.cluster_notes(strategy)
+    lock, notes = run_dir.RunLock(config.model_dir), strategy_lib.cluster_notes(strategy)
     if strategy_lib.is_chief(strategy):
-        lock, stale = rundir.acquire_lock(config.model_dir)
-        notes += [stale] if stale else []
+        note = lock.acquire()
+        notes += [note] if note else []
     run_holder = []
     stop = preemption.StopRequest(
         last_checkpoint=lambda: run_holder[0].last_checkpoint() if run_holder else "none yet",
-        on_exit=lambda: lock and rundir.release_lock(lock),
+        on_exit=lock.release,
     )
     try:
         with preemption.stop_requests(stop), _disk_full_is_one_line(config.model_dir, run_holder):
             return _train(config, strategy, inputs, model_fn, stop, run_holder, notes)
     finally:
-        if lock:
-            rundir.release_lock(lock)
+        lock.release()
+
+
+def _check_resume(run):
+    """Refuse a rerun into the run dir that is another run (before anything is written
+    there); returns the settings it changes, {name: [old, new]} ({} for a new run)."""
+    model_dir = run.config.model_dir
+    if not run_dir.is_run_dir(model_dir):
+        return {}
+    flat = run.flat_config()
+    record, training = config_lib.run_record(flat, run.inputs.pixel_mean), config_lib.training_part(flat)
+    return config_lib.resume_changes(model_dir, run_dir.read_config(model_dir), record, training)
 
 
 def _train(config, strategy, inputs, model_fn, stop, run_holder, notes):
     """train() once the run dir is ours."""
-    directory = os.path.join(config.model_dir, saved_run.CHECKPOINT_SUBDIR)
     if strategy_lib.is_chief(strategy):
-        removed = rundir.remove_staging(config.model_dir, directory)
+        removed = run_dir.remove_staging(config.model_dir)
         if removed:
             notes.append(f"removed {len(removed)} leftover(s) of interrupted writes: {', '.join(removed)}")
     if inputs is None:
@@ -612,7 +647,15 @@ def _train(config, strategy, inputs, model_fn, stop, run_holder, notes):
     _seed_everything(config)
     run = _Run(config, strategy, inputs, model_fn)
     run_holder.append(run)
+    changes = _check_resume(run)
     resumed, messages = run.restore()
+    if run.chief:
+        from keras_resnet.training.inputs import record_held_out
+
+        record_held_out(config.model_dir, inputs.held_out)
+        if changes:
+            run_dir.append_history(config.model_dir, {"step": int(run.step.numpy()), "changed": changes})
+    messages += [f"{name}: {old} -> {new} (kept in {run_dir.HISTORY_FILE})" for name, (old, new) in changes.items()]
     run.write_config()
     config = run.config
     start = int(run.step.numpy())

@@ -18,6 +18,8 @@ import time
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from keras_resnet import run_dir
+
 # What tensorboard's own `tf.summary.scalar` writes; written with the core `tf.summary.write`
 # so that logging needs TensorFlow only, not the tensorboard package.
 SCALAR_METADATA = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
@@ -54,16 +56,16 @@ def parse_metrics(path):
 
 def read_metrics(model_dir):
     """The records of metrics.jsonl ([] if there is none yet), unreadable lines skipped."""
-    return parse_metrics(os.path.join(model_dir, METRICS_NAME))[0]
+    return parse_metrics(run_dir.path(model_dir, METRICS_NAME))[0]
 
 
 def _truncate_metrics(model_dir, step):
     """Drop records past `step` (a resumed run repeats what a killed run logged after its
     last checkpoint, and the file should tell one history) and unreadable lines; returns a
     note naming the file if lines were unreadable, else None."""
-    from keras_resnet.training.saved_run import atomic_write_bytes
+    from keras_resnet.run_dir import atomic_write_bytes
 
-    path = os.path.join(model_dir, METRICS_NAME)
+    path = run_dir.path(model_dir, METRICS_NAME)
     records, unreadable = parse_metrics(path)
     kept = [r for r in records if r["step"] <= step]
     if len(kept) != len(records) or unreadable:
@@ -146,7 +148,7 @@ class Reporter:
             os.makedirs(model_dir, exist_ok=True)
             note = _truncate_metrics(model_dir, start_step)
             self.notes += [note] if note else []
-            self._writers = {s: tf.summary.create_file_writer(os.path.join(model_dir, s)) for s in ("train", "eval")}
+            self._writers = {s: tf.summary.create_file_writer(run_dir.path(model_dir, s)) for s in ("train", "eval")}
         if self.tty and enabled:
             from tqdm.auto import tqdm
 
@@ -248,13 +250,12 @@ def curves_figure(model_dir):
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    from keras_resnet.training import saved_run
 
     records = read_metrics(model_dir)
     if not records:
         return None
     try:
-        config = saved_run.read_config(model_dir)
+        config = run_dir.training_config(model_dir)
     except ValueError:
         config = {}
     figure = Figure(figsize=(10, 4), dpi=100)
@@ -287,6 +288,6 @@ def plot_curves(model_dir):
     figure = curves_figure(model_dir)
     if figure is None:
         return None
-    path = os.path.join(model_dir, CURVES_NAME)
+    path = run_dir.path(model_dir, CURVES_NAME)
     figure.savefig(path)
     return path
