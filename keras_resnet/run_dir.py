@@ -11,7 +11,7 @@ reader (`keras_resnet.load`, evaluation, the exporters, `python -m keras_resnet.
 <model_dir>/held_out.txt     the files --val_split held out of class folders, one a line
 <model_dir>/checkpoints/     tf.train.CheckpointManager files: Checkpoint(model=..., optimizer=...,
                               step=...)
-<model_dir>/training.lock    held (flock) by the training that writes the run dir
+<model_dir>/training.lock    held (locks.FileLock) by the training that writes the run dir
 
 Runs written before the two-part config.json (one flat config with "class_names",
 "preprocessing", "model_kwargs", "record" and a pixel_mean.npy beside it) read the same.
@@ -24,18 +24,18 @@ run; TensorFlow is imported inside the functions (the model layer imports withou
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
 import uuid
 
 import numpy as np
+
+from keras_resnet import locks
 
 CONFIG_NAME = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -368,55 +368,30 @@ def restore_weights(model, model_dir, report=None):
 
 
 class RunLock:
-    """The training lock of a run dir: an flock (`filelock`) on a local training.lock whose
-    text names the holder; released when the process ends, however it ends. A remote
-    model_dir has no lock (object stores offer no lock to build one on)."""
+    """The training lock of a run dir: `locks.FileLock` on a local training.lock, released
+    when the process ends, however it ends. A remote model_dir has no lock (object stores
+    offer no lock to build one on)."""
 
     def __init__(self, model_dir):
         self.model_dir = model_dir
-        self.path = path(model_dir, LOCK_NAME)
-        self._lock = None
+        self._lock = locks.FileLock(path(model_dir, LOCK_NAME))
 
     def acquire(self):
         """Take the lock, or a RunDirError naming its holder. Returns a note, or None."""
         if _is_remote(self.model_dir):
             return f"{self.model_dir} is not on a local disk: it is not locked; run one training on it at a time"
-        import filelock
-
         ensure_writable(self.model_dir)
-        lock = filelock.FileLock(self.path, timeout=0)
         try:
-            lock.acquire()
-        except filelock.Timeout:
+            self._lock.acquire()
+        except locks.LockHeld as held:
             raise RunDirError(
-                f"{self.model_dir!r} is in use by another training ({self.holder()}): wait for it or stop it, "
-                "or use another --model_dir"
+                f"{self.model_dir!r} is in use by another training ({locks.describe(held.holder)}): wait for it or "
+                "stop it, or use another --model_dir"
             ) from None
-        self._lock = lock
-        me = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.datetime.now().isoformat("T", "seconds"),
-        }
-        with open(self.path, "w") as f:
-            json.dump(me, f)
         return None
 
-    def holder(self):
-        """The holder as its lock file names it, in words."""
-        with contextlib.suppress(OSError, ValueError):
-            with open(self.path) as f:
-                who = json.load(f)
-            return f"pid {who['pid']} on {who['host']}, started {who['started']}"
-        return "a process that has not written its name yet"
-
     def release(self):
-        if self._lock is not None:
-            with contextlib.suppress(OSError):
-                with open(self.path, "w"):
-                    pass  # the holder's name goes with the hold
-            self._lock.release()
-            self._lock = None
+        self._lock.release()
 
 
 def ensure_writable(model_dir):

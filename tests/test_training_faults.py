@@ -155,7 +155,7 @@ def test_no_readable_checkpoint_is_refused_and_nothing_is_overwritten(tmp_path):
 
 def _lock_is_free(model_dir):
     """Whether another process can take the run dir's lock now."""
-    script = "import sys, filelock; filelock.FileLock(sys.argv[1], timeout=0).acquire(); print('free')"
+    script = "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDWR | os.O_CREAT), fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')"
     taken = subprocess.run([sys.executable, "-c", script, str(model_dir / run_layout.LOCK_NAME)], capture_output=True)
     return taken.stdout.strip() == b"free"
 

@@ -1,8 +1,8 @@
 """Publishing an export safely: one writer per target, files staged beside it, leftovers of
 killed exports removed by the next export of the same target.
 
-Every exporter of a target holds `lock(target)` (an flock, released by the kernel when the
-process ends, even by kill -9) from before its first write until its files are in place;
+Every exporter of a target holds `lock(target)` (`locks.FileLock`, released by the kernel
+when the process ends, even by kill -9) from before its first write until its files are in place;
 a second exporter of the same target is refused at once. Staging names start with
 `.tmp-<target name>-`, so the lock holder knows that any such name it finds was left by an
 export that no longer runs, and removes it.
@@ -11,10 +11,11 @@ export that no longer runs, and removes it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import tempfile
+
+from keras_resnet import locks
 
 STAGING_PREFIX = ".tmp-"
 RETIRED_PREFIX = ".retired-"
@@ -82,32 +83,14 @@ def _lock_path(target):
 def lock(target):
     """Hold the export lock of `target` (a file or directory path whose parent exists); a
     ValueError names the process holding it. The lock file is removed on release."""
-    path = _lock_path(target)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ValueError(
-                f"another export to {os.path.abspath(target)!r} is running (process {holder}): wait for it to "
-                "finish, or export elsewhere"
-            ) from None
-        try:
-            same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same_file = False
-        if same_file:  # not a lock file its last holder removed after this process opened it
-            break
-        os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        os.unlink(path)
-        os.close(fd)
+        with locks.FileLock(_lock_path(target)):
+            yield
+    except locks.LockHeld as held:
+        raise ValueError(
+            f"another export to {os.path.abspath(target)!r} is running (process {held.holder.get('pid', 'unknown')}): "
+            "wait for it to finish, or export elsewhere"
+        ) from None
 
 
 def staging_dir(target):
