@@ -19,7 +19,8 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_resnet
-from keras_resnet.export import client, saved_model, sources
+from keras_resnet import client_view
+from keras_resnet.export import client, graph, saved_model, sources
 from keras_resnet.export.graph import ServingGraph
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,3 +278,108 @@ def test_command_line_connection_error_is_one_line(tmp_path, closed_port):
     ]
     assert process.returncode == 1 and len(lines) == 1, process.stderr
     assert lines[0].startswith(f"error: cannot reach TF Serving at {url}/v1/models/r20:predict")
+
+
+# The client-side centre view (NumPy and Pillow, libjpeg-turbo for JPEGs) against the served one.
+
+
+def encoded_photo(image_format, height, width, seed):
+    """A real photo (scikit-learn's samples) cut to an odd size, encoded as `image_format`."""
+    from sklearn.datasets import load_sample_images
+
+    photo = load_sample_images().images[seed % 2]
+    buffer = io.BytesIO()
+    Image.fromarray(photo[3 : 3 + height, 7 : 7 + width]).save(buffer, format=image_format, quality=90)
+    return buffer.getvalue()
+
+
+def served_view(data, size, resize):
+    """The pixels serve_image_bytes computes from encoded bytes (its own decode_centre_view)."""
+    return graph.decode_centre_view(tf.constant(data), (size, size), resize, graph.MAX_PIXELS).numpy()
+
+
+def edge_columns(size, resize, image_shape):
+    """Output columns whose bilinear samples read the crop's first or last source column."""
+    _, _, side = client_view.centre_window(*image_shape, size, resize)
+    lower, upper, _ = client_view.bilinear_axis(side, size)
+    return np.flatnonzero((lower == 0) | (upper == 0) | (lower == side - 1) | (upper == side - 1))
+
+
+VIEWS = [(224, 256), (32, 32), (64, 73), (299, 342)]
+
+
+@pytest.mark.parametrize("height, width", [(301, 457), (427, 333), (97, 131)])
+def test_the_client_view_of_a_png_is_the_served_view(height, width):
+    data = encoded_photo("PNG", height, width, seed=height)
+    for size, resize in VIEWS:
+        np.testing.assert_allclose(
+            client_view.centre_view(data, size, resize), served_view(data, size, resize), atol=1e-4
+        )
+
+
+@pytest.mark.parametrize("height, width", [(301, 457), (427, 333), (97, 131)])
+def test_the_client_view_of_a_jpeg_is_the_served_view_inside_the_crop_edges(height, width):
+    """TensorFlow decodes only the crop's window of a JPEG (decode_and_crop_jpeg), and
+    libjpeg-turbo upsamples the chroma of that window's edge columns from inside the window;
+    the client decodes the whole JPEG. Every output column not reading the crop's first or last
+    source column is the served one."""
+    data = encoded_photo("JPEG", height, width, seed=height)
+    for size, resize in VIEWS:
+        mine, served = client_view.centre_view(data, size, resize), served_view(data, size, resize)
+        inside = np.setdiff1d(np.arange(size), edge_columns(size, resize, (height, width)))
+        np.testing.assert_allclose(mine[:, inside], served[:, inside], atol=1e-4)
+        np.testing.assert_allclose(mine, served, atol=16)
+
+
+def test_client_view_refuses_what_it_cannot_read(tmp_path):
+    with pytest.raises(ValueError, match="size=0"):
+        client_view.centre_view(png(19), 0, 32)
+    with pytest.raises(ValueError, match="path or the bytes"):
+        client_view.centre_view(np.zeros((4, 4, 3)), 4, 4)
+
+
+@pytest.mark.slow
+def test_the_client_view_imports_without_tensorflow():
+    code = (
+        "import importlib.abc, sys\n"
+        "class NoTensorFlow(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow':\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, NoTensorFlow())\n"
+        "from keras_resnet.client_view import centre_view\n"
+        "print(centre_view(sys.stdin.buffer.read(), 24, 28).shape, 'tensorflow' in sys.modules)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code],
+        input=png(20, (40, 30)),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr.decode()
+    assert process.stdout.decode().split() == ["(24,", "24,", "3)", "False"]
+
+
+@pytest.mark.slow
+def test_litert_answers_on_the_client_view_are_the_saved_models_bytes_answers(tmp_path):
+    litert = pytest.importorskip("keras_resnet.export.litert")
+    pytest.importorskip(
+        "ai_edge_litert", reason="ai-edge-litert is not installed (pip install 'keras-resnet[serve-extra]')"
+    )
+    from ai_edge_litert.interpreter import Interpreter
+    from export_helpers import trained_source
+
+    source = trained_source("resnet20")
+    serving = ServingGraph(source)
+    saved_model.write_saved_model(serving, str(tmp_path / "1"), "resnet20")
+    served = tf.saved_model.load(str(tmp_path / "1")).signatures[graph.BYTES_SIGNATURE]
+    lite = litert.export_litert(source, str(tmp_path / "r20.tflite"), log=lambda line: None).paths["fp32"]
+    runner = Interpreter(model_path=lite).get_signature_runner("serving_default")
+    for data in (encoded_photo("PNG", 45, 61, 1), encoded_photo("JPEG", 53, 37, 2)):
+        view = client_view.centre_view(data, 32, serving.resize)
+        answer = runner(images=view[None])
+        expected = served(image_bytes=tf.constant([data]))
+        np.testing.assert_allclose(answer["probabilities"], expected["probabilities"].numpy(), atol=1e-5)
+        np.testing.assert_array_equal(answer["top_k_classes"], expected["top_k_classes"].numpy())
