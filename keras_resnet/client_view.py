@@ -13,7 +13,10 @@ centres and no antialiasing, as TensorFlow's ResizeBilinear does (crop, then res
 the whole image first and cropping after, torchvision's habit, gives other pixels).
 
 JPEGs are decoded by libjpeg-turbo (simplejpeg) with TensorFlow's decoder settings, other
-formats by Pillow. `resize` is the shorter side the export's view resizes to: the `resize` its exporter prints,
+formats by Pillow. A PNG's view is the served one; a JPEG's too, but for the output columns
+that read the crop's first or last source column: TensorFlow decodes only the crop's window
+(decode_and_crop_jpeg), and libjpeg-turbo upsamples the chroma of the window's edge columns
+from inside it, where this module, decoding the whole image, uses the neighbours outside. `resize` is the shorter side the export's view resizes to: the `resize` its exporter prints,
 the record's `eval_resize`, else size / 0.875 rounded (256 for 224), or size itself for nets
 of 64 pixels or less (CIFAR: the whole image). Grey and palette images come out RGB; alpha
 is dropped, as TensorFlow's decoder drops it.
