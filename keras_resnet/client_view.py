@@ -12,11 +12,9 @@ round(size * shorter / resize) (half to even, in float32) centred at ((h - side)
 centres and no antialiasing, as TensorFlow's ResizeBilinear does (crop, then resize: resizing
 the whole image first and cropping after, torchvision's habit, gives other pixels).
 
-JPEGs are decoded by libjpeg-turbo (simplejpeg) with TensorFlow's decoder settings, other
-formats by Pillow. A PNG's view is the served one; a JPEG's too, but for the output columns
-that read the crop's first or last source column: TensorFlow decodes only the crop's window
-(decode_and_crop_jpeg), and libjpeg-turbo upsamples the chroma of the window's edge columns
-from inside it, where this module, decoding the whole image, uses the neighbours outside. `resize` is the shorter side the export's view resizes to: the `resize` its exporter prints,
+Images are decoded by Pillow, which decodes a JPEG as the served graph does (libjpeg's
+accurate integer DCT, the whole image): the view is the served one, to float32 rounding.
+`resize` is the shorter side the export's view resizes to: the `resize` its exporter prints,
 the record's `eval_resize`, else size / 0.875 rounded (256 for 224), or size itself for nets
 of 64 pixels or less (CIFAR: the whole image). Grey and palette images come out RGB; alpha
 is dropped, as TensorFlow's decoder drops it.
@@ -30,24 +28,16 @@ import os
 import numpy as np
 from PIL import Image
 
-JPEG_START = b"\xff\xd8\xff"
-
 
 def decode_rgb(image):
-    """uint8 RGB [h, w, 3] of an image file's path or encoded bytes, decoded as TensorFlow
-    decodes it: a JPEG with libjpeg-turbo's fast integer DCT and fancy upsampling (TensorFlow's
-    defaults; Pillow's accurate DCT differs by up to ~15 levels), anything else by Pillow."""
+    """uint8 RGB [h, w, 3] of an image file's path or encoded bytes, decoded by Pillow (for a
+    JPEG the accurate integer DCT and fancy upsampling, `keras_resnet.data.views.decode_rgb`'s
+    settings: the same pixels, bit for bit)."""
     if isinstance(image, (str, os.PathLike)):
         with open(image, "rb") as f:
             image = f.read()
     if not isinstance(image, (bytes, bytearray)):
         raise ValueError(f"image={type(image).__name__} must be a path or the bytes of a JPEG/PNG file")
-    if image[:3] == JPEG_START:
-        try:
-            import simplejpeg
-        except ModuleNotFoundError as error:
-            raise ValueError("the JPEG centre view needs simplejpeg: pip install 'keras-resnet[client]'") from error
-        return simplejpeg.decode_jpeg(bytes(image), colorspace="RGB", fastdct=True, fastupsample=False)
     with Image.open(io.BytesIO(image)) as opened:
         return np.asarray(opened.convert("RGB"))
 
