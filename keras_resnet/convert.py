@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 
 import numpy as np
 
@@ -131,8 +130,12 @@ def save_converted(model, path, file_name):
 
 def read_torch_state_dict(path):
     """{name: NumPy array} from a torchvision `.pth` file (tensors only, no pickled code)."""
-    import torch
-
+    try:
+        import torch
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f"reading {path!r} needs torch, an optional dependency: pip install 'keras-resnet[interop]'"
+        ) from error
     if not os.path.isfile(path):
         raise ValueError(f"{path!r} does not exist: pass a torchvision ResNet .pth state dict")
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
@@ -145,18 +148,19 @@ def main(argv=None):
     parser.add_argument("input", help="the .pth state dict")
     parser.add_argument("output", help="the keras_resnet .weights.h5 to write")
     parser.add_argument("--depth", type=int, choices=sorted(specs.IMAGENET_DEPTHS), help="the depth the file must have")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a failure")
     args = parser.parse_args(argv)
     if not args.output.endswith(".weights.h5"):
         parser.error(f"output={args.output!r} must end in .weights.h5")
-    model, depth = convert_torchvision(read_torch_state_dict(args.input), args.depth)
-    record = save_converted(model, args.output, os.path.basename(args.input))
+    from keras_resnet.scripts import user_errors
+
+    with user_errors(args.verbose):
+        model, depth = convert_torchvision(read_torch_state_dict(args.input), args.depth)
+        record = save_converted(model, args.output, os.path.basename(args.input))
     parameters = sum(int(np.prod(variable.shape)) for variable in model.trainable_weights)
     known = f"; published weights {record.weights['name']}" if record.weights.get("name") else ""
     print(f"wrote ResNet-{depth} ({parameters:,} parameters) to {args.output}; preprocessing mode 'torch'{known}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    main()

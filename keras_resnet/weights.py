@@ -37,7 +37,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
+import zipfile
 
 import h5py
 import keras
@@ -131,7 +133,7 @@ class Source:
         """Set `model`'s weights from this source."""
         arrays = self.read(build)
         if arrays is None:
-            model.load_weights(self.path)
+            load_plain_weights(model, self.path)
         else:
             assign(model, arrays, self.weights)
         return model
@@ -299,6 +301,11 @@ def _open_keras_applications(path):
 
 
 def _open_keras(path):
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"weights={path!r} is not a readable .keras file: it is no zip archive (truncated or damaged); "
+            "copy or save it again"
+        )
     model = keras.saving.load_model(path, compile=False)
     record = getattr(model, "record", None) or Record(describe(model))
     return record, lambda build: model_arrays(model)
@@ -328,7 +335,7 @@ _OPENERS = {
 
 def read_metadata(path):
     """The record JSON object of a keras_resnet `.weights.h5`, or None for a file without it."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         text = f.attrs.get(METADATA_ATTR)
     if text is None:
         return None
@@ -338,10 +345,82 @@ def read_metadata(path):
     return metadata
 
 
+def open_h5(path):
+    """`path` opened by h5py for reading; a ValueError naming it, and saying why, where it is
+    no readable HDF5 file (h5py's OSError names neither)."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        detail = re.search(r"\((.*)\)", str(error))
+        detail = detail.group(1) if detail else str(error)
+        if "truncated" in detail:
+            what = "is truncated"
+        elif "signature not found" in detail:
+            what = "is not an HDF5 file"
+        else:
+            what = "cannot be read as HDF5"
+        raise ValueError(f"weights={path!r} {what} (h5py: {detail}); copy or write the file again") from error
+
+
 def read_file_record(path):
     """The Record of a keras_resnet `.weights.h5`, or None for a file without one."""
     metadata = read_metadata(path)
     return None if metadata is None else Record.from_json(metadata)
+
+
+def load_plain_weights(model, path):
+    """Load a plain Keras `.weights.h5` (no record) into `model`; a ValueError saying what
+    network the file holds where it is not the one asked for (Keras' own error lists tensors)."""
+    with open_h5(path) as f:
+        held = _plain_file_network(f)
+    asked = _network_summary(
+        [tuple(layer.kernel.shape) for layer in model.layers if isinstance(layer, keras.layers.Conv2D)],
+        [tuple(layer.kernel.shape) for layer in model.layers if isinstance(layer, keras.layers.Dense)],
+    )
+    name = model.record.architecture.name if getattr(model, "record", None) else model.name
+    if held != asked:
+        raise ValueError(
+            f"weights={path!r} hold a network of {held}, but {name} ({asked}) was asked for: "
+            "build the network the file was saved from"
+        )
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        raise ValueError(
+            f"weights={path!r} hold a network of {held} whose variables differ from {name}'s (widths or layers): "
+            "build the network the file was saved from"
+        ) from error
+
+
+def _plain_file_network(f):
+    """What a plain Keras weights file holds, from its layers' kernel shapes in creation order."""
+    if "layers" not in f:
+        raise ValueError(f"weights={f.filename!r} is not a Keras weights file (no 'layers' group)")
+
+    kernels = {"conv2d": [], "dense": []}
+    for name in sorted(f["layers"], key=_creation_order):
+        kind = _creation_order(name)[0]
+        if kind in kernels and "vars" in f["layers"][name]:
+            kernels[kind].append(tuple(f["layers"][name]["vars"]["0"].shape))
+    return _network_summary(kernels["conv2d"], kernels["dense"])
+
+
+def _creation_order(key):
+    """Keras' key of a layer in a weights file, "conv2d_12", as (kind, number): "conv2d" is 0."""
+    kind, _, number = key.rpartition("_")
+    return (kind, int(number)) if number.isdigit() else (key, 0)
+
+
+def _network_summary(convs, denses):
+    """ "34 layers in basic blocks, 10 classes", from conv kernel shapes (stem
+    first) and the head's: a basic block has two 3x3 convs, a bottleneck one 3x3 between two
+    1x1s; shortcut projections are 1x1, so the 3x3s after the stem count the blocks."""
+    threes = sum(1 for shape in convs[1:] if shape[:2] == (3, 3))
+    ones = sum(1 for shape in convs if shape[:2] == (1, 1))
+    bottleneck = threes > 0 and ones >= 2 * threes
+    depth = 3 * threes + 2 if bottleneck else threes + 2
+    head = f"{denses[-1][-1]} classes" if denses else "no classifier head"
+    return f"{depth} layers in {'bottleneck' if bottleneck else 'basic'} blocks, {head}"
 
 
 def model_arrays(model):
@@ -376,7 +455,7 @@ def assign(model, arrays, origin):
 
 def _read_keras_applications(path):
     """(layer names, ported arrays) of a legacy Keras h5 file as keras.applications writes it."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
         names = h5_list_attribute(group, "layer_names")
         if not names:
@@ -550,9 +629,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m keras_resnet.weights", description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="print the published weights and their figures")
     parser.add_argument("--show", metavar="PATH", help="print the record of a weights file, .keras file or run dir")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a failure")
     args = parser.parse_args(argv)
+    from keras_resnet.scripts import user_errors
+
     if args.show:
-        record = recorded(args.show)
+        with user_errors(args.verbose):
+            record = recorded(args.show)
         print("null" if record is None else json.dumps(record.to_json(), indent=2))
     if args.list or not args.show:
         print(published.table())

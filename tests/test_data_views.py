@@ -1,9 +1,12 @@
 """The paper's views (sections 3.4, 4.2) against known pixels of synthetic images."""
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from data_writers import encode, ramp, solid
+from PIL import Image
 
 from keras_resnet.data import views
 
@@ -36,13 +39,20 @@ def test_center_crop_lands_on_the_expected_pixels():
     np.testing.assert_allclose(view[:, 100, 1], np.interp(rows, np.arange(384), image[:, 0, 1]), atol=0.01)
 
 
-def test_jpeg_crop_decodes_only_the_window_yet_matches_a_full_decode():
-    encoded = encode(ramp(384, 512, step_x=0.5, step_y=0.6), "JPEG")
-    whole = tf.io.decode_jpeg(encoded, channels=3)[24 : 24 + 336, 88 : 88 + 336]
+def test_jpeg_views_crop_pillows_decode_of_the_whole_image():
+    # Pillow (libjpeg's accurate DCT, chroma upsampled from the whole image) is the reference
+    # decoder: a 4:2:0 JPEG's centre window (row 24, column 88, side 336) and its ten crops
+    # are cut from its pixels, edge columns included, then resized.
+    noisy = ramp(384, 512, step_x=0.3, step_y=0.3) + np.random.default_rng(3).integers(0, 60, (384, 512, 3))
+    encoded = encode(noisy, "JPEG", quality=90, subsampling=2)
+    pillow = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
     view = views.center_view(tf.constant(encoded)).numpy()
-    expected = tf.image.resize(whole, [224, 224]).numpy()
-    assert np.abs(view - expected).max() <= 1  # libjpeg's cropped decode rounds the window edge
-    assert np.mean(view != expected) < 0.001
+    np.testing.assert_array_equal(view, tf.image.resize(pillow[24 : 24 + 336, 88 : 88 + 336], [224, 224]).numpy())
+    windows = views.five_crop_windows(tf.constant([384, 512])).numpy()
+    crops = np.stack([pillow[y : y + h, x : x + w] for y, x, h, w in windows])
+    np.testing.assert_array_equal(
+        views.ten_crop_view(tf.constant(encoded)).numpy()[:5], tf.image.resize(crops, [224, 224]).numpy()
+    )
 
 
 def test_ten_crop_is_four_corners_the_centre_and_their_flips():

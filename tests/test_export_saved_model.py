@@ -160,11 +160,8 @@ def served(exported, tmp_path_factory):
     pixels = rng.integers(0, 256, (2, 37, 37, 3))
     png = [encoded(p, "PNG") for p in pixels]
     jpeg = [encoded(p, "JPEG", quality=90) for p in pixels]
-    # PNG pixels come from PIL, a second decoder; JPEG decoders differ by design (TF's default
-    # integer-fast DCT, as the data pipeline decodes), so the JPEG pixels are TF's decode of
-    # the centre window alone, as the pipeline decodes (libjpeg rounds a window's edges).
-    window = [2, 2, 32, 32]
-    jpeg_pixels = np.stack([tf.image.decode_and_crop_jpeg(d, window, channels=3).numpy() for d in jpeg])
+    # PNG and JPEG pixels come from PIL, a second decoder (the served graph decodes a JPEG
+    # whole with libjpeg's accurate DCT, as PIL does).
     big = encoded(rng.integers(0, 256, (40, 50, 3)), "PNG")
     good = ("serving_default", "images", floats[1])
     calls = [
@@ -172,7 +169,7 @@ def served(exported, tmp_path_factory):
         ("png", "serve_image_bytes", "image_bytes", np.array(png, dtype=object)),
         ("png_pixels", "serving_default", "images", centre_32([decoded(d) for d in png])),
         ("jpeg", "serve_image_bytes", "image_bytes", np.array(jpeg, dtype=object)),
-        ("jpeg_pixels", "serving_default", "images", jpeg_pixels.astype("float32")),
+        ("jpeg_pixels", "serving_default", "images", centre_32([decoded(d) for d in jpeg])),
         ("after_error", "serve_image_bytes", "image_bytes", np.array([big], dtype=object)),
         ("photos", "serve_image_bytes", "image_bytes", np.array(photo_files(), dtype=object)),
         ("before_huge", *good),

@@ -8,6 +8,10 @@ file name and address stay the published ones.
 
 import dataclasses
 import hashlib
+import os
+import re
+import subprocess
+import sys
 
 import h5py
 import keras
@@ -17,7 +21,7 @@ import tensorflow as tf
 from model_helpers import randomize
 
 import keras_resnet
-from keras_resnet import builders, run_dir, specs, weights
+from keras_resnet import builders, run_dir, scripts, specs, weights
 from keras_resnet.training.config import write_run
 
 SIZE = 32  # keras.applications' smallest input; the weights do not depend on it
@@ -310,3 +314,175 @@ def test_training_run_dir(tmp_path):
 def test_save_refuses_a_mode_without_file(tmp_path):
     with pytest.raises(ValueError, match="pixel_mean"):
         weights.save(keras_resnet.ResNet20(), str(tmp_path / "m.weights.h5"), "pixel_mean")
+
+
+# Unreadable and mismatched files: the exception names the path and says what is wrong.
+
+
+@pytest.fixture(scope="module")
+def plain_resnet20(tmp_path_factory):
+    """A ResNet-20 (10 classes) saved by plain `model.save_weights` (no record), and its model."""
+    model = randomize(keras_resnet.ResNet20(), 22)
+    path = str(tmp_path_factory.mktemp("plain") / "r20.weights.h5")
+    model.save_weights(path)
+    return model, path
+
+
+def cut(path, tmp_path, name):
+    """A copy of the file at `path` holding only its first half, as an interrupted copy leaves it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    target = tmp_path / name
+    target.write_bytes(data[: len(data) // 2])
+    return str(target)
+
+
+def test_a_truncated_weights_file_is_named(plain_resnet20, tmp_path):
+    truncated = cut(plain_resnet20[1], tmp_path, "trunc.weights.h5")
+    with pytest.raises(ValueError, match="is truncated") as error:
+        keras_resnet.ResNet20(weights=truncated)
+    assert truncated in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["garbage.h5", "garbage.weights.h5"])
+def test_a_file_that_is_not_hdf5_is_named(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match="is not an HDF5 file") as error:
+        keras_resnet.ResNet50(weights=str(path))
+    assert str(path) in str(error.value)
+
+
+def test_a_truncated_keras_file_is_named(tmp_path):
+    saved = str(tmp_path / "whole.keras")
+    keras_resnet.ResNet20().save(saved)
+    truncated = cut(saved, tmp_path, "trunc.keras")
+    with pytest.raises(ValueError, match="not a readable .keras file.*truncated") as error:
+        keras_resnet.ResNet20(weights=truncated)
+    assert truncated in str(error.value) and "not found" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs, asked",
+    [
+        (keras_resnet.ResNet32, {}, "resnet32 (32 layers in basic blocks, 10 classes)"),
+        (keras_resnet.ResNet20, {"classes": 100}, "resnet20 (20 layers in basic blocks, 100 classes)"),
+        (keras_resnet.ResNet20, {"include_top": False}, "resnet20 (20 layers in basic blocks, no classifier head)"),
+    ],
+)
+def test_a_plain_weights_file_of_another_network_says_what_it_holds(plain_resnet20, builder, kwargs, asked):
+    _, path = plain_resnet20
+    with pytest.raises(ValueError) as error:
+        builder(weights=path, **kwargs)
+    message = str(error.value)
+    assert message.startswith(f"weights={path!r} hold a network of 20 layers in basic blocks, 10 classes, but ")
+    assert asked in message and len(message) < 300
+
+
+def test_a_plain_weights_file_of_a_bottleneck_net_is_described(tmp_path):
+    path = str(tmp_path / "b11.weights.h5")
+    small = (16, 16, 3)
+    keras_resnet.build(
+        specs.NetSpec("bottleneck", (1, 2), (8, 16), "cifar"), classes=3, input_shape=small
+    ).save_weights(path)
+    deeper = specs.NetSpec("bottleneck", (2, 2), (8, 16), "cifar")
+    with pytest.raises(ValueError, match=r"11 layers in bottleneck blocks, 3 classes, but resnet14 \(14 layers"):
+        keras_resnet.build(deeper, weights=path, classes=3, input_shape=small)
+
+
+def test_a_plain_weights_file_of_the_asked_network_loads_as_keras_loads_it(plain_resnet20):
+    original, path = plain_resnet20
+    model = keras_resnet.ResNet20(weights=path)
+    x = images(9)
+    np.testing.assert_array_equal(model(x), original(x))
+
+
+# The command-line programs: one line on stderr, status 1, no traceback (--verbose shows it).
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Lines other programs write to stderr: TensorFlow's and absl's C++ log lines, and the warning
+# Python's runpy gives for `python -m` of a module its package imports.
+FOREIGN_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|<frozen runpy>:\d+: RuntimeWarning)")
+
+
+def run_command(arguments, cwd, env=None):
+    """(status, stderr lines of this program) of `python arguments` with the worktree importable."""
+    process = subprocess.run(
+        [sys.executable, *arguments],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in process.stderr.splitlines() if line.strip() and not FOREIGN_LINE.match(line)]
+    return process.returncode, lines
+
+
+def assert_one_line(status, lines, *named):
+    assert status == 1, lines
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(name in lines[0] for name in named), lines
+
+
+@pytest.mark.slow
+def test_export_of_a_truncated_weights_file_is_one_line(plain_resnet20, tmp_path):
+    truncated = cut(plain_resnet20[1], tmp_path, "trunc.weights.h5")
+    command = [os.path.join(REPO, "export", "to_saved_model.py"), "--model", "resnet20", "--weights", truncated]
+    status, lines = run_command([*command, "--base_path", str(tmp_path / "base")], tmp_path)
+    assert_one_line(status, lines, truncated, "truncated")
+    assert not (tmp_path / "base").exists() or not any((tmp_path / "base").iterdir())
+    status, lines = run_command([*command, "--base_path", str(tmp_path / "base"), "--verbose"], tmp_path)
+    assert status == 1 and "Traceback (most recent call last):" in lines
+
+
+@pytest.mark.slow
+def test_weights_show_of_a_garbage_file_is_one_line(tmp_path):
+    (tmp_path / "garbage.h5").write_bytes(b"not an HDF5 file\n" * 100)
+    status, lines = run_command(["-m", "keras_resnet.weights", "--show", "garbage.h5"], tmp_path)
+    assert_one_line(status, lines, "'garbage.h5'", "not an HDF5 file")
+    status, lines = run_command(
+        ["-m", "keras_resnet.weights", "--show", "garbage.h5"], tmp_path, {scripts.TRACEBACK_ENV: "1"}
+    )
+    assert status == 1 and "Traceback (most recent call last):" in lines
+
+
+# `import torch` fails in the child as it does where torch is not installed.
+WITHOUT_TORCH = """
+import importlib.abc, runpy, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+runpy.run_module("keras_resnet.convert", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_convert_without_torch_names_the_extra(tmp_path):
+    (tmp_path / "resnet18.pth").write_bytes(b"\0" * 64)
+    status, lines = run_command(["-c", WITHOUT_TORCH, "torchvision", "resnet18.pth", "r18.weights.h5"], tmp_path)
+    assert_one_line(status, lines, "'resnet18.pth'", "pip install 'keras-resnet[interop]'")
+    assert not (tmp_path / "r18.weights.h5").exists()
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch):
+    monkeypatch.delenv(scripts.TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        with scripts.user_errors():
+            raise ValueError("weights='x.h5' is truncated\n(h5py: eof)")
+    assert exit_.value.code == "error: weights='x.h5' is truncated (h5py: eof)"
+    with pytest.raises(SystemExit, match="No space left"):
+        with scripts.user_errors():
+            raise OSError(28, "No space left on device", "out/x")
+    with pytest.raises(ValueError):
+        with scripts.user_errors(verbose=True):
+            raise ValueError("shown with its traceback")
+    monkeypatch.setenv(scripts.TRACEBACK_ENV, "1")
+    with pytest.raises(ValueError):
+        with scripts.user_errors():
+            raise ValueError("shown with its traceback")
+    with pytest.raises(KeyError):
+        with scripts.user_errors():
+            raise KeyError("a bug")

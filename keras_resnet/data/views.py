@@ -1,11 +1,10 @@
 """The paper's training augmentation and test-time views, as tensor functions.
 
-ImageNet views (section 3.4) work on encoded image bytes. Each picks its crop windows
-in source pixels first (integers); a JPEG is then decoded only inside the window
-holding them (`tf.image.decode_and_crop_jpeg`) and only the crops are resized
-(bilinear, half-pixel centres). That is the picture "resize the whole image, then crop"
-gives, without decoding or resizing the pixels the crop throws away. Other formats
-(PNG, GIF, BMP) are decoded whole; grey, CMYK and alpha images all come out RGB.
+ImageNet views (section 3.4) work on encoded image bytes. Each decodes the whole image
+(`decode_rgb`, the one decoder of training, evaluation and serving), picks its crop windows
+in source pixels (integers) and resizes only the crops (bilinear, half-pixel centres). That
+is the picture "resize the whole image, then crop" gives, without resizing the pixels the
+crop throws away. Grey, CMYK and alpha images all come out RGB.
 
 Random views take a stateless seed (int [2]), so a seed fixes the view exactly.
 All outputs are float32 RGB in 0..255.
@@ -37,36 +36,26 @@ def split_seed(seed, num):
 
 
 def decode_rgb(encoded):
-    """Any JPEG/PNG/GIF/BMP as uint8 RGB [h, w, 3] (grey and CMYK converted, alpha dropped)."""
-    return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    """Any JPEG/PNG/GIF/BMP as uint8 RGB [h, w, 3] (grey and CMYK converted, alpha dropped).
 
-
-def _crops(image, windows, offset):
-    """[n, h, w, 3] crops of `image` at windows [n, 4] (y, x, h, w, all the same size)."""
-    sizes = tf.concat([windows[0, 2:], [3]], 0)
-    starts = [tf.concat([window[:2] - offset, [0]], 0) for window in tf.unstack(windows)]
-    return tf.stack([tf.slice(image, start, sizes) for start in starts])
+    JPEGs with libjpeg's accurate integer DCT, not TensorFlow's default fast one (up to ~6
+    levels off): Pillow decodes the same way, bit for bit, so a client without TensorFlow
+    (`keras_resnet.client_view`) gets the pixels served and evaluated.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False),
+    )
+    return tf.ensure_shape(image, [None, None, 3])  # RGB whatever the file held: batches need the 3
 
 
 def decode_windows(encoded, plan):
-    """Crops [n, h, w, 3] uint8 of an encoded image at `plan(shape [2]) -> windows [n, 4]`.
-
-    A JPEG is decoded only inside the window holding all the crops.
-    """
-
-    def jpeg():
-        windows = plan(tf.image.extract_jpeg_shape(encoded)[:2])
-        top_left = tf.reduce_min(windows[:, :2], axis=0)
-        bottom_right = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
-        part = tf.image.decode_and_crop_jpeg(encoded, tf.concat([top_left, bottom_right - top_left], 0), channels=3)
-        return part[None] if windows.shape[0] == 1 else _crops(part, windows, top_left)
-
-    def other():
-        image = decode_rgb(encoded)
-        return _crops(image, plan(tf.shape(image)[:2]), tf.zeros([2], tf.int32))
-
-    crops = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-    return tf.ensure_shape(crops, [None, None, None, 3])  # RGB whatever the file held: batches need the 3
+    """Crops [n, h, w, 3] uint8 of an encoded image at `plan(shape [2]) -> windows [n, 4]`
+    (y, x, h, w, all the same size), cut from the whole decoded image."""
+    image = decode_rgb(encoded)
+    windows = plan(tf.shape(image)[:2])
+    return tf.stack([image[y : y + h, x : x + w] for y, x, h, w in map(tf.unstack, tf.unstack(windows))])
 
 
 def _uniform_int(seed, low, high):

@@ -173,10 +173,13 @@ def default_name_made_valid(source, flag_values=flags.FLAGS):
 def exit_on_error(function, *args, **kwargs):
     """Run an export; a bad input or a failed check exits non-zero with its message."""
     from keras_resnet.export.verify import VerificationError
+    from keras_resnet.scripts import traceback_asked
 
     try:
         return function(*args, **kwargs)
     except (ValueError, VerificationError) as error:
+        if traceback_asked():
+            raise
         sys.exit(f"error: {error}")
 
 

@@ -2,6 +2,10 @@
 
 Requests carry encoded JPEG/PNG bytes to the `serve_image_bytes` signature (the server
 decodes, resizes and crops); responses are parsed into the top-k classes of each image.
+
+Failures name the server: a server that cannot be reached is a ConnectionError, one that does
+not answer within `timeout` seconds a TimeoutError, a refused request a `RefusedRequest`
+(ValueError) saying which image of the batch the server refuses alone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ import numpy as np
 from keras_resnet.export.graph import BYTES_SIGNATURE, CLASS_NAMES, IMAGE_BYTES
 
 Prediction = collections.namedtuple("Prediction", ["class_id", "score", "class_name"])
+DEFAULT_TIMEOUT = 30.0
+
+
+class RefusedRequest(ValueError):
+    """The server answered that the request is bad (HTTP 400, gRPC INVALID_ARGUMENT)."""
 
 
 def read_images(paths):
@@ -118,31 +127,91 @@ def parse_rest_response(body):
     return predictions_from_outputs(columns["top_k_classes"], columns["top_k_scores"], columns.get(CLASS_NAMES))
 
 
-def predict_rest(base_url, model_name, images, *, version=None, version_label=None, timeout=30.0):
-    """POST the images to TF Serving's REST API; the top-k Predictions per image."""
-    data = json.dumps(rest_body(images)).encode()
-    request = urllib.request.Request(
-        rest_url(base_url, model_name, version, version_label), data=data, headers={"Content-Type": "application/json"}
-    )
+def predict_rest(
+    base_url, model_name, images, *, version=None, version_label=None, timeout=DEFAULT_TIMEOUT, labels=None
+):
+    """POST the images to TF Serving's REST API; the top-k Predictions per image. `labels`
+    (e.g. file names) name a refused image in the error."""
+    url = rest_url(base_url, model_name, version, version_label)
+
+    def send(batch):
+        return parse_rest_response(post_json(url, rest_body(batch), timeout))
+
+    return naming_a_refused_image(send, images, labels)
+
+
+def post_json(url, body, timeout):
+    """TF Serving's JSON answer to `body` POSTed to `url`; errors name the URL."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return parse_rest_response(json.loads(answer.read()))
+            text = answer.read()
     except urllib.error.HTTPError as error:
-        raise ValueError(
-            f"TF Serving answered HTTP {error.code}: {error.read().decode(errors='replace')[:500]}"
-        ) from error
+        message = f"TF Serving at {url} answered HTTP {error.code}: {error.read().decode(errors='replace')[:500]}"
+        raise (RefusedRequest if error.code == 400 else ValueError)(message) from error
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, TimeoutError):
+            raise silent(url, timeout) from error
+        raise ConnectionError(f"cannot reach TF Serving at {url}: {error.reason}") from error
+    except TimeoutError as error:
+        raise silent(url, timeout) from error
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{url} answered something that is not JSON: {text[:200]!r}") from error
 
 
-def predict_grpc(target, model_name, images, *, version=None, version_label=None, timeout=30.0):
+def silent(server, timeout):
+    return TimeoutError(
+        f"TF Serving at {server} did not answer within {timeout:g} s (a busy server: a longer --timeout)"
+    )
+
+
+def predict_grpc(target, model_name, images, *, version=None, version_label=None, timeout=DEFAULT_TIMEOUT, labels=None):
     """Send the images over gRPC (host:port, TF Serving's 8500); the top-k Predictions per image."""
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        request = predict_request(model_name, images, version=version, version_label=version_label)
-        response = stub.Predict(request, timeout=timeout)
-    return parse_predict_response(response)
+    def send(batch):
+        with grpc.insecure_channel(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_request(model_name, batch, version=version, version_label=version_label)
+            try:
+                response = stub.Predict(request, timeout=timeout)
+            except grpc.RpcError as error:
+                raise grpc_error(error, target, timeout) from error
+        return parse_predict_response(response)
+
+    return naming_a_refused_image(send, images, labels)
+
+
+def grpc_error(error, target, timeout):
+    """The exception a failed gRPC call is, naming the server."""
+    import grpc
+
+    code, details = error.code(), error.details()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return silent(f"{target} (gRPC)", timeout)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ConnectionError(f"cannot reach TF Serving at {target} (gRPC): {details}")
+    message = f"TF Serving at {target} (gRPC) answered {code.name}: {details}"
+    return RefusedRequest(message) if code == grpc.StatusCode.INVALID_ARGUMENT else ValueError(message)
+
+
+def naming_a_refused_image(send, images, labels=None):
+    """`send(images)`; where the server refuses the batch, the error names the first image it
+    refuses alone (the server's own message names none)."""
+    try:
+        return send(images)
+    except RefusedRequest as refused:
+        if len(images) > 1:
+            for index, image in enumerate(images):
+                try:
+                    send([image])
+                except RefusedRequest as alone:
+                    name = f" ({labels[index]})" if labels is not None else ""
+                    raise RefusedRequest(f"image {index}{name} of the batch was refused: {alone}") from refused
+        raise
 
 
 def format_predictions(labels, predictions):

@@ -8,8 +8,6 @@ The encoded files go to the `serve_image_bytes` signature (gRPC PredictRequest, 
 {"instances": [{"b64": ...}]}); the server decodes, resizes and centre-crops them.
 """
 
-import sys
-
 from absl import app, flags
 
 from keras_resnet.scripts import run_program
@@ -19,7 +17,7 @@ flags.DEFINE_string("rest_url", None, "TF Serving REST base URL, e.g. http://loc
 flags.DEFINE_string("model_name", None, "The served model's name (its directory under the base path).", required=True)
 flags.DEFINE_integer("version", None, "A specific version (default: the newest TF Serving loaded).")
 flags.DEFINE_string("version_label", None, "The version models.config labels so (e.g. stable; instead of --version).")
-flags.DEFINE_float("timeout", 30.0, "Seconds to wait for the answer.")
+flags.DEFINE_float("timeout", 30.0, "Seconds to wait for the server's answer; past it, an error names the server.")
 FLAGS = flags.FLAGS
 
 
@@ -27,19 +25,14 @@ def run(argv):
     paths = argv[1:]
     if bool(FLAGS.server) == bool(FLAGS.rest_url):
         raise app.UsageError("give exactly one of --server (gRPC) and --rest_url (REST)")
-    import grpc
-
     from keras_resnet.export import client
 
-    try:
-        images = client.read_images(paths)
-        which = {"version": FLAGS.version, "version_label": FLAGS.version_label, "timeout": FLAGS.timeout}
-        if FLAGS.server:
-            predictions = client.predict_grpc(FLAGS.server, FLAGS.model_name, images, **which)
-        else:
-            predictions = client.predict_rest(FLAGS.rest_url, FLAGS.model_name, images, **which)
-    except (ValueError, OSError, grpc.RpcError) as error:
-        sys.exit(f"error: {error}")
+    images = client.read_images(paths)
+    which = {"version": FLAGS.version, "version_label": FLAGS.version_label, "timeout": FLAGS.timeout, "labels": paths}
+    if FLAGS.server:
+        predictions = client.predict_grpc(FLAGS.server, FLAGS.model_name, images, **which)
+    else:
+        predictions = client.predict_rest(FLAGS.rest_url, FLAGS.model_name, images, **which)
     print(client.format_predictions(paths, predictions))
 
 

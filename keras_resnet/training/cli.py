@@ -146,6 +146,7 @@ def absl_main(body):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         from keras_resnet.run_dir import RunDirError
+        from keras_resnet.scripts import traceback_asked
         from keras_resnet.training.loop import NonFiniteLossError
         from keras_resnet.training.preemption import PREEMPTED_STATUS
         from keras_resnet.training.strategy import WorkerLostError
@@ -153,6 +154,8 @@ def absl_main(body):
         try:
             result = body()
         except (ValueError, NonFiniteLossError, RunDirError) as error:
+            if traceback_asked():
+                raise
             sys.exit(f"error: {error}")
         except KeyboardInterrupt:  # Ctrl-C before the first loop or after the last save: nothing to save
             sys.stderr.write("interrupted (Ctrl-C) outside the training loop; the checkpoints are as they were\n")
