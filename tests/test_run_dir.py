@@ -272,28 +272,38 @@ loop.train(recipe("cifar", model="resnet20", data_dir=sys.argv[1], model_dir=sys
 
 
 @pytest.mark.slow
-def test_a_run_that_is_training_reads_5_times_out_of_5(folders, tmp_path):
+def test_a_run_that_is_training_exports_5_times_out_of_5(folders, tmp_path):
     """The trainer writes a checkpoint every 2 steps and keeps 1, so each is deleted soon
-    after it is written; every read takes one whole checkpoint, as its step says."""
+    after it is written; every export pins one whole checkpoint, and the SavedModel, loaded
+    here, serves that checkpoint's network's answers."""
     import tensorflow as tf
+
+    from keras_resnet.export import export_saved_model, sources
+    from keras_resnet.preprocessing import preprocess_input
 
     model_dir = tmp_path / "live"
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     trainer = subprocess.Popen(
         [sys.executable, "-c", LIVE, folders["digits"], str(model_dir)], env=env, stdout=subprocess.DEVNULL
     )
+    digits, _ = digits_arrays("test")
+    images = tf.image.resize(digits[:8].astype("float32"), (16, 16)).numpy()
     try:
         while not (model_dir / "checkpoints" / "checkpoint").exists():
             assert trainer.poll() is None
             time.sleep(0.2)
         steps = []
-        for _ in range(5):
-            loaded = keras_resnet.load(str(model_dir))
+        for attempt in range(5):
             step = tf.Variable(0, dtype=tf.int64)
-            path = run_dir.restore_newest(tf.train.Checkpoint(step=step), model_dir)
+            run_dir.restore_newest(tf.train.Checkpoint(step=step), model_dir)
             steps.append(int(step.numpy()))
-            assert path.endswith(f"ckpt-{steps[-1]}") and loaded.model.count_params() > 0
-        assert trainer.poll() is None  # still training: the reads met rotation
+            source = sources.from_run_dir(str(model_dir))
+            exported = export_saved_model(source, str(tmp_path / "base"), model_name="live", log=lambda *_: None)
+            served = tf.saved_model.load(exported.path).signatures["serving_default"](images=tf.constant(images))
+            pinned = source.model(preprocess_input(images, source.preprocess_mode, source.mean), training=False)
+            np.testing.assert_allclose(served["probabilities"].numpy(), np.asarray(pinned), atol=1e-5)
+            assert exported.version == attempt + 1
+        assert trainer.poll() is None  # still training: the exports met rotation
     finally:
         trainer.kill()
         trainer.wait()
