@@ -44,12 +44,14 @@ def load_classifier(path, preprocess_mode=None, mean=None):
     import keras_resnet
     from keras_resnet import run_dir
 
-    if not os.path.exists(path):
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
         raise ValueError(f"{path!r} does not exist: give a training run dir, a .keras or a .weights.h5 file")
     loaded = keras_resnet.load(path, input_shape=(None, None, 3), preprocess_mode=preprocess_mode, mean=mean)
     if not loaded.record.architecture.include_top:
         raise ValueError(f"{path!r} holds a network without its classifier: nothing to evaluate")
-    dataset = run_dir.training_config(path).get("dataset") if os.path.isdir(path) else None
+    dataset = run_dir.training_config(path).get("dataset") if tf.io.gfile.isdir(path) else None
     return Classifier(
         loaded.model,
         loaded.name,
@@ -251,6 +253,8 @@ def save_confusion_png(confusion, path, class_names=None, title="confusion matri
         for (i, j), count in np.ndenumerate(confusion):
             axes.text(j, i, str(count), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    from keras_resnet.training.analysis import save_figure
+
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path

@@ -411,6 +411,8 @@ def check_output(path):
     extension = os.path.splitext(path)[1].lstrip(".").lower()
     if extension not in FIGURE_FORMATS:
         raise ValueError(f"output={path!r}: the file name must end in one of {tuple('.' + f for f in FIGURE_FORMATS)}")
+    if "://" in str(path):  # gs://, ram://...: its directories appear as files are written
+        return extension
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"output={path!r}: its directory {directory!r} does not exist")
@@ -430,12 +432,13 @@ def check_trained_runs(model_dirs):
             raise ValueError(f"no checkpoint in {run_dir.checkpoint_dir(model_dir)!r}: train first")
 
 
-def save_figure(figure, path):
-    """Write the figure in the format its extension names (png, pdf, svg), atomically."""
+def save_figure(figure, path, **options):
+    """Write the figure in the format its extension names (png, pdf, svg), atomically, to a
+    local path or a `gs://`, `ram://`... URL; `options`: savefig's (dpi)."""
     from keras_resnet.run_dir import atomic_write_bytes
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=check_output(path))
+    figure.savefig(buffer, format=check_output(path), **options)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 

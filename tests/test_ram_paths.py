@@ -1,0 +1,100 @@
+"""Every path through tf.io.gfile: a run whose data, run dir and export targets are all
+`ram://` (TensorFlow's in-memory file system, reached by the same code as `gs://`) trains,
+resumes, evaluates and exports, and the exports load back from `ram://`. `ram://` lives in
+one process, so the whole journey is one test; no local folder named `ram:` may appear.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_writers import encode
+
+from keras_resnet import evaluation, run_dir
+from keras_resnet.data.arrays import digits_arrays
+from keras_resnet.export import onnx, saved_model, sources, staging
+from keras_resnet.training import loop
+from keras_resnet.training.config import recipe
+
+NAMES = ("one", "two", "zero")
+
+
+def write_ram_folders(root, per_class=6):
+    """root/{train,validation}/<name>/*: digit i under the i-th name, PNG and JPEG, written
+    with tf.io.gfile."""
+    images, labels = digits_arrays("train")
+    for split, offset in (("train", 0), ("validation", per_class)):
+        for label, name in enumerate(NAMES):
+            tf.io.gfile.makedirs(f"{root}/{split}/{name}")
+            for i, image in enumerate(images[labels == label][offset : offset + per_class]):
+                fmt, suffix = ("PNG", "png") if i % 2 else ("JPEG", "jpg")
+                with tf.io.gfile.GFile(f"{root}/{split}/{name}/{i:02d}.{suffix}", "wb") as f:
+                    f.write(encode(image, fmt))
+    return root
+
+
+def config(data_dir, model_dir, train_steps):
+    return recipe(
+        "cifar",
+        data_dir=data_dir,
+        model="resnet20",
+        model_dir=model_dir,
+        image_size=16,
+        batch_size=6,
+        train_steps=train_steps,
+        seed=0,
+        log_interval=2,
+        eval_interval=0,
+        checkpoint_interval=2,
+        keep_checkpoints=3,
+    )
+
+
+def test_url_export_target_is_accepted_where_a_local_path_is_checked():
+    staging.check_writable("ram://accepted/models", "--base_path")
+    with pytest.raises(ValueError, match="nosuchscheme://x"):
+        staging.check_writable("nosuchscheme://x/models", "--base_path")
+
+
+@pytest.mark.slow
+def test_a_run_entirely_under_ram_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data_dir = write_ram_folders("ram://journey/digits")
+    model_dir = "ram://journey/run"
+
+    loop.train(config(data_dir, model_dir, 2))
+    loop.train(config(data_dir, model_dir, 4))  # resumes from ckpt-2
+    prefixes = run_dir.checkpoint_prefixes(run_dir.checkpoint_dir(model_dir))
+    assert f"{model_dir}/checkpoints/ckpt-4" in prefixes, prefixes
+    assert tf.io.gfile.exists(f"{model_dir}/metrics.jsonl")
+
+    classifier = evaluation.load_classifier(model_dir)
+    result = evaluation.evaluate(classifier, "base", "validation", data_dir=data_dir, batch_size=6)
+    assert result["count"] == 18
+
+    source = sources.from_run_dir(model_dir)
+    exported = saved_model.export_saved_model(source, "ram://journey/serving", model_name="digits")
+    assert exported.path == "ram://journey/serving/digits/1"
+    assert tf.io.gfile.exists("ram://journey/serving/models.config")
+    onnx_path = onnx.export_onnx(source, "ram://journey/onnx/digits.onnx").path
+    assert onnx_path == "ram://journey/onnx/digits.onnx"
+
+    images = np.stack([digits_arrays("train")[0][0]] * 1).astype("float32")
+    images = tf.image.resize(images, (16, 16)).numpy()
+    expected = source.model.predict(source.preprocess(images), verbose=0) if hasattr(source, "preprocess") else None
+    served = tf.saved_model.load(exported.path)
+    logits = served.signatures["serving_default"](images=tf.constant(images))["logits"].numpy()
+
+    import onnxruntime
+
+    with tf.io.gfile.GFile(onnx_path, "rb") as f:
+        session = onnxruntime.InferenceSession(f.read(), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {session.get_inputs()[0].name: images})[0]
+    np.testing.assert_allclose(onnx_logits, logits, atol=1e-4)
+    if expected is not None:
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+    for root in (tmp_path, os.getcwd()):
+        found = [d for d, dirs, _ in os.walk(root) for d in dirs if d == "ram:"]
+        assert not found, found
