@@ -41,10 +41,10 @@ def load_classifier(path, preprocess_mode=None, mean=None):
     any image size by `keras_resnet.load`, with the preprocessing and class names its record
     holds (`preprocess_mode`/`mean` only where it records none); a run dir also gives its
     data set."""
+    import tensorflow as tf
+
     import keras_resnet
     from keras_resnet import run_dir
-
-    import tensorflow as tf
 
     if not tf.io.gfile.exists(path):
         raise ValueError(f"{path!r} does not exist: give a training run dir, a .keras or a .weights.h5 file")

@@ -7,10 +7,12 @@ one process, so the whole journey is one test; no local folder named `ram:` may 
 import os
 
 import numpy as np
+import onnxruntime
 import pytest
 import tensorflow as tf
 from data_writers import encode
 
+import keras_resnet
 from keras_resnet import evaluation, run_dir
 from keras_resnet.data.arrays import digits_arrays
 from keras_resnet.export import onnx, saved_model, sources, staging
@@ -80,20 +82,23 @@ def test_a_run_entirely_under_ram_urls(tmp_path, monkeypatch):
     onnx_path = onnx.export_onnx(source, "ram://journey/onnx/digits.onnx").path
     assert onnx_path == "ram://journey/onnx/digits.onnx"
 
-    images = np.stack([digits_arrays("train")[0][0]] * 1).astype("float32")
-    images = tf.image.resize(images, (16, 16)).numpy()
-    expected = source.model.predict(source.preprocess(images), verbose=0) if hasattr(source, "preprocess") else None
+    loaded = keras_resnet.load(model_dir)  # the newest checkpoint, read from ram://
+    images = tf.image.resize(digits_arrays("test")[0][:4].astype("float32"), (16, 16)).numpy()
+    expected = loaded.model.predict(loaded.preprocess(images), verbose=0)
     served = tf.saved_model.load(exported.path)
-    logits = served.signatures["serving_default"](images=tf.constant(images))["logits"].numpy()
-
-    import onnxruntime
-
+    outputs = served.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+    logits = outputs["logits"].numpy()
     with tf.io.gfile.GFile(onnx_path, "rb") as f:
         session = onnxruntime.InferenceSession(f.read(), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["logits"], {session.get_inputs()[0].name: images})[0]
-    np.testing.assert_allclose(onnx_logits, logits, atol=1e-4)
-    if expected is not None:
-        np.testing.assert_allclose(logits, expected, atol=1e-4)
+    onnx_logits, onnx_probabilities = session.run(["logits", "probabilities"], {session.get_inputs()[0].name: images})
+    np.testing.assert_allclose(onnx_probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(onnx_logits, logits, rtol=1e-4, atol=1e-3)
+
+    keras_resnet.weights.save(loaded.model, tmp_path / "digits.weights.h5")
+    tf.io.gfile.copy(str(tmp_path / "digits.weights.h5"), "ram://journey/digits.weights.h5")
+    from_file = keras_resnet.load("ram://journey/digits.weights.h5")
+    np.testing.assert_array_equal(from_file.model.predict(loaded.preprocess(images), verbose=0), expected)
 
     for root in (tmp_path, os.getcwd()):
         found = [d for d, dirs, _ in os.walk(root) for d in dirs if d == "ram:"]
