@@ -15,7 +15,7 @@ from data_writers import encode
 import keras_resnet
 from keras_resnet import evaluation, run_dir
 from keras_resnet.data.arrays import digits_arrays
-from keras_resnet.export import onnx, saved_model, sources, staging
+from keras_resnet.export import onnx, saved_model, sources
 from keras_resnet.training import loop
 from keras_resnet.training.config import recipe
 
@@ -51,12 +51,6 @@ def config(data_dir, model_dir, train_steps):
         checkpoint_interval=2,
         keep_checkpoints=3,
     )
-
-
-def test_url_export_target_is_accepted_where_a_local_path_is_checked():
-    staging.check_writable("ram://accepted/models", "--base_path")
-    with pytest.raises(ValueError, match="nosuchscheme://x"):
-        staging.check_writable("nosuchscheme://x/models", "--base_path")
 
 
 @pytest.mark.slow
