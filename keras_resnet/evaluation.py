@@ -233,10 +233,14 @@ def error_table(rows):
 def save_confusion_png(confusion, path, class_names=None, title="confusion matrix"):
     """The confusion matrix as a PNG (rows true, columns predicted; each row as a fraction of
     its class, the count written in each cell up to 30 classes); needs matplotlib."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from keras_resnet import run_dir
 
     names = [str(n) for n in (class_names or range(len(confusion)))]
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
@@ -253,8 +257,8 @@ def save_confusion_png(confusion, path, class_names=None, title="confusion matri
         for (i, j), count in np.ndenumerate(confusion):
             axes.text(j, i, str(count), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
     figure.tight_layout()
-    from keras_resnet.training.analysis import save_figure
-
-    save_figure(figure, path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
+    run_dir.atomic_write_bytes(path, buffer.getvalue())  # a local path or a gs://, ram://... URL
     return path

@@ -18,6 +18,7 @@ from keras_resnet.data.arrays import digits_arrays
 from keras_resnet.export import onnx, saved_model, sources
 from keras_resnet.training import loop
 from keras_resnet.training.config import recipe
+from keras_resnet.training.reporting import read_metrics
 
 NAMES = ("one", "two", "zero")
 
@@ -63,11 +64,14 @@ def test_a_run_entirely_under_ram_urls(tmp_path, monkeypatch):
     loop.train(config(data_dir, model_dir, 4))  # resumes from ckpt-2
     prefixes = run_dir.checkpoint_prefixes(run_dir.checkpoint_dir(model_dir))
     assert f"{model_dir}/checkpoints/ckpt-4" in prefixes, prefixes
-    assert tf.io.gfile.exists(f"{model_dir}/metrics.jsonl")
+    assert [r["step"] for r in read_metrics(model_dir) if r["split"] == "train"] == [2, 4]  # both runs, one file
 
     classifier = evaluation.load_classifier(model_dir)
     result = evaluation.evaluate(classifier, "base", "validation", data_dir=data_dir, batch_size=6)
     assert result["count"] == 18
+    evaluation.save_confusion_png(result["confusion"], f"{model_dir}/confusion_validation_center.png", NAMES)
+    for name in ("metrics.jsonl", "curves.png", "confusion_validation_center.png", "config.json"):
+        assert tf.io.gfile.exists(f"{model_dir}/{name}"), name
 
     source = sources.from_run_dir(model_dir)
     exported = saved_model.export_saved_model(source, "ram://journey/serving", model_name="digits")

@@ -432,13 +432,13 @@ def check_trained_runs(model_dirs):
             raise ValueError(f"no checkpoint in {run_dir.checkpoint_dir(model_dir)!r}: train first")
 
 
-def save_figure(figure, path, **options):
+def save_figure(figure, path):
     """Write the figure in the format its extension names (png, pdf, svg), atomically, to a
-    local path or a `gs://`, `ram://`... URL; `options`: savefig's (dpi)."""
+    local path or a `gs://`, `ram://`... URL."""
     from keras_resnet.run_dir import atomic_write_bytes
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=check_output(path), **options)
+    figure.savefig(buffer, format=check_output(path))
     atomic_write_bytes(path, buffer.getvalue())
     return path
 

@@ -9,6 +9,7 @@ manner of the paper's Figs. 4 and 6 (thin: training, bold: eval, dotted: learnin
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import os
@@ -288,6 +289,7 @@ def plot_curves(model_dir):
     figure = curves_figure(model_dir)
     if figure is None:
         return None
-    from keras_resnet.training.analysis import save_figure
-
-    return save_figure(figure, run_dir.path(model_dir, CURVES_NAME))
+    path, buffer = run_dir.path(model_dir, CURVES_NAME), io.BytesIO()
+    figure.savefig(buffer, format="png")
+    run_dir.atomic_write_bytes(path, buffer.getvalue())  # a local path or a gs://, ram://... URL
+    return path
