@@ -41,15 +41,17 @@ def load_classifier(path, preprocess_mode=None, mean=None):
     any image size by `keras_resnet.load`, with the preprocessing and class names its record
     holds (`preprocess_mode`/`mean` only where it records none); a run dir also gives its
     data set."""
+    import tensorflow as tf
+
     import keras_resnet
     from keras_resnet import run_dir
 
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise ValueError(f"{path!r} does not exist: give a training run dir, a .keras or a .weights.h5 file")
     loaded = keras_resnet.load(path, input_shape=(None, None, 3), preprocess_mode=preprocess_mode, mean=mean)
     if not loaded.record.architecture.include_top:
         raise ValueError(f"{path!r} holds a network without its classifier: nothing to evaluate")
-    dataset = run_dir.training_config(path).get("dataset") if os.path.isdir(path) else None
+    dataset = run_dir.training_config(path).get("dataset") if tf.io.gfile.isdir(path) else None
     return Classifier(
         loaded.model,
         loaded.name,
@@ -231,10 +233,14 @@ def error_table(rows):
 def save_confusion_png(confusion, path, class_names=None, title="confusion matrix"):
     """The confusion matrix as a PNG (rows true, columns predicted; each row as a fraction of
     its class, the count written in each cell up to 30 classes); needs matplotlib."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from keras_resnet import run_dir
 
     names = [str(n) for n in (class_names or range(len(confusion)))]
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
@@ -251,6 +257,8 @@ def save_confusion_png(confusion, path, class_names=None, title="confusion matri
         for (i, j), count in np.ndenumerate(confusion):
             axes.text(j, i, str(count), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
+    run_dir.atomic_write_bytes(path, buffer.getvalue())  # a local path or a gs://, ram://... URL
     return path

@@ -120,6 +120,18 @@ def write_held_out(model_dir, files):
     atomic_write_bytes(path(model_dir, HELD_OUT_FILE), "".join(f + "\n" for f in files).encode())
 
 
+def append_line(target, line):
+    """Add `line` to the text file `target`: appended on a local disk; on `gs://`, `ram://`...
+    (where files cannot be appended to) the file is rewritten whole, atomically."""
+    data = (line + "\n").encode()
+    if not _is_remote(target):
+        with open(target, "ab") as f:
+            f.write(data)
+        return
+    gfile = _gfile()
+    atomic_write_bytes(target, (gfile.GFile(target, "rb").read() if gfile.exists(target) else b"") + data)
+
+
 def append_history(model_dir, entry):
     """Add one line to history.jsonl (rewritten whole, atomically: no torn line)."""
     gfile, target = _gfile(), path(model_dir, HISTORY_FILE)

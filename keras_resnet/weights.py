@@ -159,7 +159,28 @@ def open_weights(weights, spec, residual, given):
 def read_record(weights):
     """(Record or None, reader) of the weights at a path: what `keras_resnet.load` rebuilds."""
     path = _existing_path(weights)
-    return _OPENERS[_kind(path)](path)
+    kind = _kind(path)
+    return _OPENERS[kind](_local_copy(path) if kind != "run_dir" and _is_url(path) else path)
+
+
+def _is_url(path):
+    return "://" in path
+
+
+def _local_copy(url):
+    """A local copy of the file at a `gs://`, `ram://`... URL, under its own name in a
+    temporary directory removed when the process ends: h5py and Keras' zip reader open
+    only local files, and the weights are read after this returns."""
+    import atexit
+    import shutil
+
+    import tensorflow as tf
+
+    directory = tempfile.mkdtemp(prefix="keras_resnet-")
+    atexit.register(shutil.rmtree, directory, True)
+    local = os.path.join(directory, url.rsplit("/", 1)[-1])
+    tf.io.gfile.copy(url, local)
+    return local
 
 
 def _published_depth(spec, residual):
@@ -255,14 +276,26 @@ def _existing_path(weights):
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"weights={weights!r} must be None, 'imagenet' or a path to {PATH_KINDS}")
     path = os.fspath(weights)
-    if not os.path.exists(path):
+    if not (_url_exists(path) if _is_url(path) else os.path.exists(path)):
         raise ValueError(f"weights={weights!r} is neither None, 'imagenet' nor an existing path to {PATH_KINDS}")
     return path
 
 
+def _url_exists(path):
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path)
+
+
+def _url_isdir(path):
+    import tensorflow as tf
+
+    return tf.io.gfile.isdir(path)
+
+
 def _kind(path):
     """Which reader a path needs, from its form; ValueError for anything else."""
-    if os.path.isdir(path):
+    if _url_isdir(path) if _is_url(path) else os.path.isdir(path):
         return "run_dir"
     if path.endswith(".weights.h5"):
         return "weights_h5"

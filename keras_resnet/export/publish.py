@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 
 from keras_resnet.export import staging, variants, verify
@@ -110,12 +111,37 @@ def export_file(fmt, make_graph, output_path, tags, *, overwrite=False, log=prin
     Returns a Published; each file landed is printed with its size."""
     fmt.check_output(output_path, overwrite)
     check_calibration("int8" in tags, checks.get("calibration_images"))
+    if staging.is_url(output_path):
+        return _export_file_to_url(fmt, make_graph, output_path, tags, overwrite=overwrite, log=log, **checks)
     target = file_target(fmt, output_path, overwrite)
     result = publish(fmt, make_graph(), target, tags, overwrite=overwrite, log=log, **checks)
     for tag, path in result.paths.items():
         size = sum(os.path.getsize(file) for file in fmt.files(path))
         log(f"{fmt.name} {tag}: {path} ({size / 1e6:.1f} MB)")
     return result
+
+
+def _export_file_to_url(fmt, make_graph, url, tags, *, overwrite, log, **checks):
+    """`export_file` to a `gs://`, `ram://`... URL: exported and verified in a local temporary
+    directory, then each copy's files uploaded (a companion before the file naming it); with
+    overwrite, copies an earlier export left that this one did not write are removed."""
+    import tensorflow as tf
+
+    staging.url_note(url, log)
+    with tempfile.TemporaryDirectory(prefix="keras_resnet-export-") as local:
+        result = export_file(fmt, make_graph, os.path.join(local, url.rsplit("/", 1)[-1]), tags, log=log, **checks)
+        finals = fmt.family(url)
+        for tag, path in result.paths.items():
+            for source, target in zip(fmt.files(path), fmt.files(finals[tag])):
+                staging.upload_file(source, target)
+            log(f"{fmt.name} {tag}: {finals[tag]}")
+    for tag, target in finals.items():
+        if tag not in result.paths and overwrite and tf.io.gfile.exists(target):
+            for file in fmt.files(target):
+                if tf.io.gfile.exists(file):
+                    tf.io.gfile.remove(file)
+            log(f"removed {target}: an earlier export's {tag} copy, not written this time")
+    return dataclasses.replace(result, paths={tag: finals[tag] for tag in result.paths})
 
 
 def check_calibration(int8, calibration_images):

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 
 from keras_resnet.export import publish, sources, staging, tf_serving, verify
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, MAX_PIXELS, ServingGraph
@@ -159,6 +160,51 @@ def _write(graph, staged, *, calibration_images=None, model_name, warmup_batch_s
 FORMAT = publish.Format("SavedModel", _write, verify.verify_saved_model)
 
 
+def _mirror(base_url, model_name, local):
+    """Copy into `local` what numbering and checking a new version of `model_name` reads at
+    `base_url`: models.config, the batching parameters, and each integer version's dir with
+    only its serving facts."""
+    import tensorflow as tf
+
+    gfile = tf.io.gfile
+    for name in (tf_serving.MODELS_CONFIG, tf_serving.BATCHING_PARAMETERS):
+        if gfile.exists(f"{base_url}/{name}"):
+            gfile.copy(f"{base_url}/{name}", os.path.join(local, name))
+    model_url = f"{base_url}/{model_name}"
+    for entry in gfile.listdir(model_url) if gfile.isdir(model_url) else []:
+        entry = entry.rstrip("/")
+        if entry.isdigit() and gfile.isdir(f"{model_url}/{entry}"):
+            facts = os.path.join(local, model_name, entry, SERVING_FACTS)
+            os.makedirs(os.path.dirname(facts))
+            if gfile.exists(f"{model_url}/{entry}/{SERVING_FACTS}"):
+                gfile.copy(f"{model_url}/{entry}/{SERVING_FACTS}", facts)
+
+
+def _export_to_url(source, base_url, options):
+    """`export_saved_model` to a `gs://`, `ram://`... base path: the version is exported and
+    verified under a local temporary base path holding a copy of the URL's models.config,
+    batching parameters and versions' facts, then uploaded (tf.io.gfile), followed by the
+    merged models.config (and batching parameters). No lock: one export there at a time."""
+    from keras_resnet import run_dir
+
+    staging.check_url(base_url, "--base_path")
+    tf_serving.check_model_name(options["model_name"])
+    base_url, log = base_url.rstrip("/"), options["log"]
+    staging.url_note(base_url, log)
+    with tempfile.TemporaryDirectory(prefix="keras_resnet-export-") as local:
+        _mirror(base_url, options["model_name"], local)
+        result = export_saved_model(source, local, **options)
+        final = f"{base_url}/{options['model_name']}/{result.version}"
+        staging.upload_dir(result.path, final, last=("saved_model.pb",))
+        log(f"SavedModel: {final}")
+        for name in (tf_serving.MODELS_CONFIG, tf_serving.BATCHING_PARAMETERS):
+            written = os.path.join(local, name)
+            if os.path.isfile(written) and (name == tf_serving.MODELS_CONFIG or options["batching"]):
+                with open(written, "rb") as f:
+                    run_dir.atomic_write_bytes(f"{base_url}/{name}", f.read())
+    return dataclasses.replace(result, path=final, models_config=f"{base_url}/{tf_serving.MODELS_CONFIG}")
+
+
 def version_target(base_path, model_name, version, overwrite, facts):
     """The Target of a new version of `model_name`: its lock and leftovers are the model
     dir's (only that model's exports write there); under the lock the version is numbered
@@ -203,6 +249,13 @@ def export_saved_model(
     entry into `<base_path>/models.config`, keeping every other entry as it was.
     """
     model_name = model_name or source.name
+    if staging.is_url(base_path):
+        options = dict(
+            model_name=model_name, version=version, overwrite=overwrite, top_k=top_k, crop_fraction=crop_fraction,
+            max_pixels=max_pixels, serving_base=base_path if serving_base is None else serving_base,
+            reference=reference, batching=batching, version_label=version_label, log=log, **bound,
+        )  # fmt: skip
+        return _export_to_url(source, base_path, options)
     check_target(base_path, model_name, version, overwrite)
     if version_label is not None:
         tf_serving.check_label(version_label)

@@ -181,7 +181,9 @@ def _from_loaded(loaded, *, class_names, name, dataset, data_dir, where, val_spl
 def from_run_dir(model_dir, *, preprocess_mode=None, class_names=None, name=None):
     """The newest checkpoint of a training run, with the run's record (preprocessing, class
     names); served under the run dir's name unless `name` is given."""
-    if not os.path.isdir(model_dir):
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(model_dir):
         raise ValueError(f"model_dir {model_dir!r} is not a directory")
     training = run_dir.training_config(model_dir)
     loaded = load(model_dir, preprocess_mode=preprocess_mode)

@@ -6,6 +6,10 @@ when the process ends, even by kill -9) from before its first write until its fi
 a second exporter of the same target is refused at once. Staging names start with
 `.tmp-<target name>-`, so the lock holder knows that any such name it finds was left by an
 export that no longer runs, and removes it.
+
+A `gs://`, `ram://`... target is exported exactly as a local one into a local temporary
+directory, and only the verified files are then copied to it through tf.io.gfile; such a
+target has no lock (object stores have no file locks), which the export says.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 
 from keras_resnet import locks
 
@@ -29,15 +34,84 @@ def nearest_directory(path):
     return path
 
 
+def is_url(path):
+    """`gs://`, `ram://`...: a target reached through tf.io.gfile, not the local disk."""
+    return "://" in str(path)
+
+
+def check_url(url, flag):
+    """Refuse a URL whose file system TensorFlow does not know (a misspelt scheme)."""
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.exists(url)
+    except tf.errors.OpError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(f"{url!r} cannot be reached through tf.io.gfile ({reason}): choose another {flag}") from None
+
+
+def url_note(url, log=print):
+    """Say that an export to a URL holds no lock (object stores have no file locks)."""
+    log(f"{url} is not on a local disk: the export is not locked; run one export to it at a time")
+
+
+def upload_file(local, url):
+    """Copy the local file to `url` through tf.io.gfile, under a hidden name then renamed:
+    readers of `url` never see it half-written."""
+    import tensorflow as tf
+
+    parent, name = url.rsplit("/", 1)
+    tf.io.gfile.makedirs(parent)
+    hidden = f"{parent}/{STAGING_PREFIX}{name}-{uuid.uuid4().hex}"
+    tf.io.gfile.copy(local, hidden, overwrite=True)
+    tf.io.gfile.rename(hidden, url, overwrite=True)
+
+
+def upload_dir(local, url, last=()):
+    """Copy the local directory to `url` (an existing one replaced) through tf.io.gfile, file
+    by file with `upload_file`, the files named in `last` (a SavedModel's saved_model.pb)
+    after all others: a poller that loads once that file is there never sees a part.
+    Directories are not renamed: gs:// cannot, and ram:// renames only the name, not the
+    files under it."""
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(url):
+        tf.io.gfile.rmtree(url)
+    files = [
+        os.path.relpath(os.path.join(directory, name), local)
+        for directory, _, names in os.walk(local)
+        for name in names
+    ]
+    for relative in sorted(files, key=lambda relative: (relative in last, relative)):
+        staged = os.path.join(local, relative)
+        upload_file(staged, f"{url.rstrip('/')}/{relative.replace(os.sep, '/')}")
+
+
+def exists(path):
+    """os.path.exists, through tf.io.gfile for a URL."""
+    if is_url(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def isdir(path):
+    """os.path.isdir, through tf.io.gfile for a URL."""
+    if is_url(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.isdir(path)
+    return os.path.isdir(path)
+
+
 def check_writable(path, flag):
     """Refuse, before any model is loaded, a target under which no file can be written: the
     nearest existing directory on its way must accept one (a real write, so a read-only
     mount is caught as well as permissions). `flag` names the option to change."""
-    if "://" in str(path):
-        raise ValueError(
-            f"{path!r} is a URL: {flag} must be a local path (export to a local directory, then copy it, e.g. with "
-            "gsutil -m cp -r or tf.io.gfile)"
-        )
+    if is_url(path):
+        check_url(path, flag)
+        return
     directory = nearest_directory(path)
     if not os.path.isdir(directory):
         raise ValueError(f"{directory!r} is a file, not a directory: choose another {flag}")
@@ -65,13 +139,13 @@ def check_targets(path, suffix, targets, overwrite, note=""):
     if not str(path).endswith(suffix):
         raise ValueError(f"output path {path!r} must end in {suffix}{note}")
     check_writable(os.path.dirname(path) or ".", "--output")
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(directory) and not os.path.isdir(directory):
+    directory = os.path.dirname(path if is_url(path) else os.path.abspath(path))
+    if exists(directory) and not isdir(directory):
         raise ValueError(f"{directory!r} is a file, not a directory")
     for target in targets(path):
-        if os.path.isdir(target):
+        if isdir(target):
             raise ValueError(f"{target!r} is a directory")
-        if os.path.exists(target) and not overwrite:
+        if exists(target) and not overwrite:
             raise ValueError(f"{target!r} exists: pass overwrite=True (--overwrite) to replace it")
 
 

@@ -6,8 +6,6 @@ per-class accuracy and a confusion matrix (printed, and saved as a PNG in the ru
     python train/evaluate.py --weights resnet50.weights.h5 --dataset imagenet --data_dir DIR
 """
 
-import os
-
 from absl import flags
 
 from keras_resnet.preprocessing import MODES
@@ -51,7 +49,7 @@ FLAGS = flags.FLAGS
 
 
 def run():
-    from keras_resnet import evaluation
+    from keras_resnet import evaluation, run_dir
     from keras_resnet.training import analysis
 
     if (FLAGS.model_dir is None) == (FLAGS.weights is None):
@@ -83,7 +81,7 @@ def run():
         print(analysis.class_report(confusion, classifier.class_names))
         readable = analysis.readable_confusion(confusion, classifier.class_names)
         if FLAGS.model_dir and readable is not None:
-            path = os.path.join(FLAGS.model_dir, f"confusion_{split}_{view}.png")
+            path = run_dir.path(FLAGS.model_dir, f"confusion_{split}_{view}.png")
             title = f"{dataset} {split}, {evaluation.VIEW_TITLES[view]}"
             matrix, names = readable
             evaluation.save_confusion_png(matrix, path, names, title)

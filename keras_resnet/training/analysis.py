@@ -411,6 +411,8 @@ def check_output(path):
     extension = os.path.splitext(path)[1].lstrip(".").lower()
     if extension not in FIGURE_FORMATS:
         raise ValueError(f"output={path!r}: the file name must end in one of {tuple('.' + f for f in FIGURE_FORMATS)}")
+    if "://" in str(path):  # gs://, ram://...: its directories appear as files are written
+        return extension
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"output={path!r}: its directory {directory!r} does not exist")
@@ -431,7 +433,8 @@ def check_trained_runs(model_dirs):
 
 
 def save_figure(figure, path):
-    """Write the figure in the format its extension names (png, pdf, svg), atomically."""
+    """Write the figure in the format its extension names (png, pdf, svg), atomically, to a
+    local path or a `gs://`, `ram://`... URL."""
     from keras_resnet.run_dir import atomic_write_bytes
 
     buffer = io.BytesIO()

@@ -9,6 +9,7 @@ manner of the paper's Figs. 4 and 6 (thin: training, bold: eval, dotted: learnin
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import os
@@ -36,11 +37,12 @@ EARLY_EVALUATIONS = 3
 def parse_metrics(path):
     """(records, unreadable line count) of a metrics.jsonl file: a line cut short by a kill
     (or any line that is not a JSON object with a step) is skipped and counted."""
-    if not os.path.isfile(path):
+    gfile = tf.io.gfile
+    if not gfile.exists(path) or gfile.isdir(path):
         return [], 0
     records, unreadable = [], 0
-    with open(path, errors="replace") as f:
-        for line in f:
+    with gfile.GFile(path, "rb") as f:
+        for line in f.read().decode(errors="replace").splitlines():
             if not line.strip():
                 continue
             try:
@@ -145,7 +147,7 @@ class Reporter:
         self._bar = None
         self.notes = []  # what the start found worth saying (printed by the caller)
         if enabled:
-            os.makedirs(model_dir, exist_ok=True)
+            tf.io.gfile.makedirs(str(model_dir))
             note = _truncate_metrics(model_dir, start_step)
             self.notes += [note] if note else []
             self._writers = {s: tf.summary.create_file_writer(run_dir.path(model_dir, s)) for s in ("train", "eval")}
@@ -205,8 +207,7 @@ class Reporter:
     def _write(self, record):
         if not self.enabled:
             return
-        with open(os.path.join(self.model_dir, METRICS_NAME), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        run_dir.append_line(run_dir.path(self.model_dir, METRICS_NAME), json.dumps(record))
         with self._writers[record["split"]].as_default(step=record["step"]):
             for key, value in record.items():
                 if key not in ("step", "split", "count"):
@@ -288,6 +289,7 @@ def plot_curves(model_dir):
     figure = curves_figure(model_dir)
     if figure is None:
         return None
-    path = run_dir.path(model_dir, CURVES_NAME)
-    figure.savefig(path)
+    path, buffer = run_dir.path(model_dir, CURVES_NAME), io.BytesIO()
+    figure.savefig(buffer, format="png")
+    run_dir.atomic_write_bytes(path, buffer.getvalue())  # a local path or a gs://, ram://... URL
     return path
