@@ -266,6 +266,7 @@ def test_tf_config_wins_over_slurm(environ, source):
     assert cluster_source(None, environ) == source
 
 
+@pytest.mark.slow
 def test_no_tpu_is_one_line():
     from keras_resnet.training.strategy import make_strategy
 
