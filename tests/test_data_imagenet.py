@@ -179,7 +179,7 @@ def test_trains_and_evaluate_scores_each_val_image_under_its_true_class(kaggle_r
     result = loop.train(config)
     assert result.step == 2
     saved = json.load(open(os.path.join(result.model_dir, "config.json")))
-    assert saved["class_names"] == list(NAMES)
+    assert saved["record"]["class_names"] == list(NAMES)
     done = subprocess.run(
         [sys.executable, "train/evaluate.py", f"--model_dir={result.model_dir}"],
         cwd=ROOT,

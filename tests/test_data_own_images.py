@@ -272,7 +272,7 @@ def test_the_readmes_cifar_command_trains_and_evaluates_on_the_published_tarball
     rc, out, everything = run_cli("train/cifar10.py", f"--data_dir={tmp_path}", f"--model_dir={run_dir}", *flags)
     assert rc == 0, everything[-3000:]
     assert "read as cifar_python; 10 classes, train 40 images, test 20 images" in out
-    assert json.load(open(run_dir / "config.json"))["class_names"] == names
+    assert json.load(open(run_dir / "config.json"))["record"]["class_names"] == names
     rc, out, everything = run_cli("train/evaluate.py", f"--model_dir={run_dir}")
     assert rc == 0, everything[-3000:]
     assert "cifar10 test" in out and "truck" in out

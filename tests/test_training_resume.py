@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet
+from keras_resnet import run_dir
 from keras_resnet.training import reporting
 from keras_resnet.training.preemption import PREEMPTED_STATUS
 
@@ -150,7 +151,7 @@ def test_sigterm_saves_at_the_next_loop_boundary_and_exits_75(tmp_path):
     ) in output
     assert "Traceback" not in output
     assert int(read_whole_checkpoint(str(model_dir))["step/.ATTRIBUTES/VARIABLE_VALUE"]) == step
-    assert json.loads((model_dir / "config.json").read_text())["train_steps"] == 1000
+    assert run_dir.training_config(str(model_dir))["train_steps"] == 1000
 
 
 @pytest.mark.slow
