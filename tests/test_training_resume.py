@@ -7,7 +7,6 @@ with status 75 (preempted: rerun to resume); a second signal ends it at once, wi
 traceback and no half checkpoint.
 """
 
-import json
 import os
 import signal
 import subprocess
