@@ -279,6 +279,7 @@ def test_the_readmes_cifar_command_trains_and_evaluates_on_the_published_tarball
     assert out.split()[-1] == "20"  # every test image evaluated
 
 
+@pytest.mark.slow
 def test_int8_export_calibrates_on_kept_images_and_measures_on_held_out_ones(trained, own_dir, tmp_path):
     """A run on train/ alone with --val_split: int8 is calibrated on the images it trained on
     (none held out) and its accuracy measured on the held-out images (there is no test/)."""

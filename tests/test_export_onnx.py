@@ -193,6 +193,7 @@ def onnx_files(directory):
     return sorted(name for name in os.listdir(directory) if name.endswith(".onnx"))
 
 
+@pytest.mark.slow
 def test_a_failed_int8_check_leaves_nothing_and_overwrite_drops_stale_copies(tmp_path):
     """All of m.onnx, m.fp16.onnx, m.int8.onnx or none; a rerun works; --overwrite without
     --fp16 removes the earlier m.fp16.onnx; a killed export's staging dir goes."""

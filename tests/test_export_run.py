@@ -57,6 +57,7 @@ def exported(run_dir):
     return export_run(run_dir, fp16=True, log=lines.append), "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_both_formats_land_where_the_printout_says(run_dir, exported):
     result, printed = exported
     name = os.path.basename(run_dir)  # the run's name is the served name
@@ -69,6 +70,7 @@ def test_both_formats_land_where_the_printout_says(run_dir, exported):
     assert "docker run" in printed and "export/client.py" in printed and "curl" in printed
 
 
+@pytest.mark.slow
 def test_int8_is_static_qdq_with_per_channel_conv_weights(exported):
     model = onnx.load(exported[0].onnx.int8_path)
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
@@ -86,6 +88,7 @@ def test_int8_is_static_qdq_with_per_channel_conv_weights(exported):
     assert per_channel == len(conv_weights) == 19  # 6n+2 = 20 layers: 19 convs and the fc
 
 
+@pytest.mark.slow
 def test_int8_accuracy_cost_is_measured_on_the_test_images(exported):
     accuracy = exported[0].onnx.accuracy
     print(f"digits ResNet-20 fp32 vs int8: {accuracy}")
@@ -100,6 +103,7 @@ def test_int8_accuracy_cost_is_measured_on_the_test_images(exported):
     )
 
 
+@pytest.mark.slow
 def test_fp16_and_int8_stay_within_their_bounds_on_the_test_images(exported):
     """The reduced-precision copies of a trained net against its float64 evaluation."""
     fp16, int8 = exported[0].onnx.fp16_report, exported[0].onnx.int8_report
@@ -110,6 +114,7 @@ def test_fp16_and_int8_stay_within_their_bounds_on_the_test_images(exported):
     assert int8["top1_agreement"] >= variants.INT8_MIN_AGREEMENT and int8["logits"] > fp16["logits"]
 
 
+@pytest.mark.slow
 def test_int8_model_runs_at_any_batch(exported):
     session = onnxruntime.InferenceSession(exported[0].onnx.int8_path, providers=["CPUExecutionProvider"])
     images, _ = load_arrays("digits", "test")

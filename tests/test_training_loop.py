@@ -47,11 +47,13 @@ def learned(tmp_path_factory):
     return loop.train(digits_config(model_dir, train_steps=200, lr_boundaries=(120, 170)))
 
 
+@pytest.mark.slow
 def test_learning_is_real(learned):
     assert learned.eval["count"] == 360  # the whole digits test split
     assert learned.eval["top1_error"] <= 0.10, learned.eval
 
 
+@pytest.mark.slow
 def test_run_dir_restores_through_its_record(learned):
     """The exporters' contract: config.json (the record and the training config, each once) +
     checkpoints/ rebuild the trained classifier, whose test error, computed here without the
@@ -73,6 +75,7 @@ def test_run_dir_restores_through_its_record(learned):
     assert error == pytest.approx(learned.eval["top1_error"], abs=1 / 360)
 
 
+@pytest.mark.slow
 def test_run_dir_holds_checkpoints_metrics_summaries_and_curves(learned):
     directory = learned.model_dir
     assert tf.train.latest_checkpoint(os.path.join(directory, "checkpoints")).endswith("ckpt-200")
@@ -162,6 +165,7 @@ def digit_folders(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_centre_view_reproduces_the_runs_own_eval(learned):
     reported = [r for r in reporting.read_metrics(learned.model_dir) if r["split"] == "eval"][-1]
     metrics = evaluation.evaluate(evaluation.load_classifier(learned.model_dir), "digits", "test", "center")
@@ -192,6 +196,7 @@ def test_multiscale_averages_the_image_and_its_mirror(learned, digit_folders):
     assert ten_crop["count"] == 12 and 0 <= ten_crop["top1_error"] <= 1
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_the_table(learned):
     done = subprocess.run(
         [sys.executable, "train/evaluate.py", f"--model_dir={learned.model_dir}"],
