@@ -29,8 +29,8 @@ test-slow: $(STAMP)
 		test $$rc -eq 0 -o $$rc -eq 5 || failed="$$failed $$file"; \
 	done; test -z "$$failed" || { echo "slow checks failed in:$$failed"; exit 1; }
 
-# Keras' applications tests of ResNet-50/101/152 on every backend (the slow step runs them on
-# the basic nets): before a release, not in CI.
+# Checks that repeat a slow check's deep nets on another backend (Keras' applications tests
+# of ResNet-50/101/152 under JAX and torch): before a release, not in CI.
 test-full: $(STAMP)
 	$(BIN)/python -m pytest -m full tests
 

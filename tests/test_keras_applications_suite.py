@@ -67,9 +67,8 @@ class TestKerasApplicationsBasic(_NoDownloads, suite_class(BASIC)):
     """ResNet-18, ResNet-34 and plain-34."""
 
 
-@pytest.mark.full
 class TestKerasApplicationsBottleneck(_NoDownloads, suite_class(BOTTLENECK)):
-    """ResNet-50, -101 and -152: 60 builds at 224 pixels, so `make test-full` runs them."""
+    """ResNet-50, -101 and -152."""
 
 
 def run_on_backend(backend, test_class):
@@ -92,7 +91,8 @@ def run_on_backend(backend, test_class):
     "test_class, nets",
     [
         ("TestKerasApplicationsBasic", BASIC),
-        # ResNet-50/101/152: `make test-full` (marked full), as on TensorFlow.
+        # ResNet-50/101/152 again on another backend: about ten minutes on two cores, so `make
+        # test-full` runs them (marked full), not CI's slow step, which runs them on TensorFlow.
         pytest.param("TestKerasApplicationsBottleneck", BOTTLENECK, marks=pytest.mark.full),
     ],
 )
