@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-slow test-full lint demo test-interop clean paper-digits
+.PHONY: install test test-slow lint demo test-interop clean paper-digits
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,14 +25,9 @@ test: $(STAMP)
 SLOW_TEST_FILES = $(shell grep -l 'pytest.mark.slow' tests/test_*.py)
 test-slow: $(STAMP)
 	failed=""; for file in $(SLOW_TEST_FILES); do \
-		$(BIN)/python -m pytest -m "slow and not full" $$file; rc=$$?; \
+		$(BIN)/python -m pytest -m slow $$file; rc=$$?; \
 		test $$rc -eq 0 -o $$rc -eq 5 || failed="$$failed $$file"; \
 	done; test -z "$$failed" || { echo "slow checks failed in:$$failed"; exit 1; }
-
-# Checks that repeat a slow check's deep nets on another backend (Keras' applications tests
-# of ResNet-50/101/152 under JAX and torch): before a release, not in CI.
-test-full: $(STAMP)
-	$(BIN)/python -m pytest -m full tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -88,13 +88,7 @@ def run_on_backend(backend, test_class):
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 @pytest.mark.parametrize(
-    "test_class, nets",
-    [
-        ("TestKerasApplicationsBasic", BASIC),
-        # ResNet-50/101/152 again on another backend: about ten minutes on two cores, so `make
-        # test-full` runs them (marked full), not CI's slow step, which runs them on TensorFlow.
-        pytest.param("TestKerasApplicationsBottleneck", BOTTLENECK, marks=pytest.mark.full),
-    ],
+    "test_class, nets", [("TestKerasApplicationsBasic", BASIC), ("TestKerasApplicationsBottleneck", BOTTLENECK)]
 )
 def test_the_suite_passes_on_the_other_backends(backend, test_class, nets):
     passed, skipped, output = run_on_backend(backend, test_class)
