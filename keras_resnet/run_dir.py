@@ -60,11 +60,12 @@ def _gfile():
 
 def path(model_dir, *names):
     """A path inside the run dir (the one join of run-dir paths)."""
-    return "/".join([str(model_dir).rstrip("/"), *names]) if _is_remote(model_dir) else os.path.join(model_dir, *names)
+    return "/".join([str(model_dir).rstrip("/"), *names]) if is_url(model_dir) else os.path.join(model_dir, *names)
 
 
-def _is_remote(model_dir):
-    return "://" in str(model_dir)
+def is_url(path):
+    """`gs://`, `ram://`...: a path reached through tf.io.gfile, not the local disk."""
+    return "://" in str(path)
 
 
 def checkpoint_dir(model_dir):
@@ -85,7 +86,7 @@ def atomic_write_bytes(target, data):
     see it half-written. Local paths by the OS (no TensorFlow needed: `.weights.h5` files are
     written this way under every backend); `gs://`, `ram://`... by tf.io.gfile, where a write
     is one upload."""
-    if _is_remote(target):
+    if is_url(target):
         gfile = _gfile()
         temporary = f"{str(target).rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}"
         with gfile.GFile(temporary, "wb") as f:
@@ -124,7 +125,7 @@ def append_line(target, line):
     """Add `line` to the text file `target`: appended on a local disk; on `gs://`, `ram://`...
     (where files cannot be appended to) the file is rewritten whole, atomically."""
     data = (line + "\n").encode()
-    if not _is_remote(target):
+    if not is_url(target):
         with open(target, "ab") as f:
             f.write(data)
         return
@@ -237,8 +238,8 @@ def checkpoint_prefixes(directory):
         state = tf.train.get_checkpoint_state(directory)
         if state is not None:
             for listed in state.all_model_checkpoint_paths:
-                found.add(listed if os.path.isabs(listed) or "://" in listed else f"{directory}/{listed}")
-    return sorted((os.path.normpath(p) if "://" not in p else p for p in found), key=_step_of, reverse=True)
+                found.add(listed if os.path.isabs(listed) or is_url(listed) else f"{directory}/{listed}")
+    return sorted((p if is_url(p) else os.path.normpath(p) for p in found), key=_step_of, reverse=True)
 
 
 def first_line(error):
@@ -390,7 +391,7 @@ class RunLock:
 
     def acquire(self):
         """Take the lock, or a RunDirError naming its holder. Returns a note, or None."""
-        if _is_remote(self.model_dir):
+        if is_url(self.model_dir):
             return f"{self.model_dir} is not on a local disk: it is not locked; run one training on it at a time"
         ensure_writable(self.model_dir)
         try:
@@ -412,7 +413,7 @@ def ensure_writable(model_dir):
     gfile = _gfile()
     try:
         gfile.makedirs(str(model_dir))
-        if not _is_remote(model_dir) and not os.access(model_dir, os.W_OK):
+        if not is_url(model_dir) and not os.access(model_dir, os.W_OK):
             raise PermissionError(f"permission denied: {model_dir}")
     except Exception as error:
         raise RunDirError(
@@ -430,7 +431,7 @@ def remove_staging(model_dir):
     leftovers += gfile.glob(f"{directory}/.tmp*")
     for found in leftovers:
         if gfile.isdir(found):
-            if _is_remote(found):
+            if is_url(found):
                 gfile.rmtree(found)
             else:
                 shutil.rmtree(found, ignore_errors=True)

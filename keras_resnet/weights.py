@@ -48,7 +48,7 @@ import numpy as np
 from keras_resnet import published, specs
 from keras_resnet.preprocessing import imagenet_classes
 from keras_resnet.record import Architecture, Record, check_preprocessing, contradictions
-from keras_resnet.run_dir import atomic_write_bytes
+from keras_resnet.run_dir import atomic_write_bytes, is_url
 
 METADATA_ATTR = "keras_resnet"
 OFFLINE_ENV = "KERAS_RESNET_OFFLINE"
@@ -160,11 +160,7 @@ def read_record(weights):
     """(Record or None, reader) of the weights at a path: what `keras_resnet.load` rebuilds."""
     path = _existing_path(weights)
     kind = _kind(path)
-    return _OPENERS[kind](_local_copy(path) if kind != "run_dir" and _is_url(path) else path)
-
-
-def _is_url(path):
-    return "://" in path
+    return _OPENERS[kind](_local_copy(path) if kind != "run_dir" and is_url(path) else path)
 
 
 def _local_copy(url):
@@ -276,7 +272,7 @@ def _existing_path(weights):
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"weights={weights!r} must be None, 'imagenet' or a path to {PATH_KINDS}")
     path = os.fspath(weights)
-    if not (_url_exists(path) if _is_url(path) else os.path.exists(path)):
+    if not (_url_exists(path) if is_url(path) else os.path.exists(path)):
         raise ValueError(f"weights={weights!r} is neither None, 'imagenet' nor an existing path to {PATH_KINDS}")
     return path
 
@@ -295,7 +291,7 @@ def _url_isdir(path):
 
 def _kind(path):
     """Which reader a path needs, from its form; ValueError for anything else."""
-    if _url_isdir(path) if _is_url(path) else os.path.isdir(path):
+    if _url_isdir(path) if is_url(path) else os.path.isdir(path):
         return "run_dir"
     if path.endswith(".weights.h5"):
         return "weights_h5"

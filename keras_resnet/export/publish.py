@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable
 
 from keras_resnet.export import staging, variants, verify
+from keras_resnet.run_dir import is_url
 
 # What a full disk, a read-only file system or missing permissions raise while files are written.
 TARGET_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -111,7 +112,7 @@ def export_file(fmt, make_graph, output_path, tags, *, overwrite=False, log=prin
     Returns a Published; each file landed is printed with its size."""
     fmt.check_output(output_path, overwrite)
     check_calibration("int8" in tags, checks.get("calibration_images"))
-    if staging.is_url(output_path):
+    if is_url(output_path):
         return _export_file_to_url(fmt, make_graph, output_path, tags, overwrite=overwrite, log=log, **checks)
     target = file_target(fmt, output_path, overwrite)
     result = publish(fmt, make_graph(), target, tags, overwrite=overwrite, log=log, **checks)

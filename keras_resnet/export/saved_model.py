@@ -17,6 +17,7 @@ import tempfile
 
 from keras_resnet.export import publish, sources, staging, tf_serving, verify
 from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, MAX_PIXELS, ServingGraph
+from keras_resnet.run_dir import is_url
 
 SERVING_FACTS = os.path.join("assets.extra", "keras_resnet_serving.json")
 
@@ -249,7 +250,7 @@ def export_saved_model(
     entry into `<base_path>/models.config`, keeping every other entry as it was.
     """
     model_name = model_name or source.name
-    if staging.is_url(base_path):
+    if is_url(base_path):
         options = dict(
             model_name=model_name, version=version, overwrite=overwrite, top_k=top_k, crop_fraction=crop_fraction,
             max_pixels=max_pixels, serving_base=base_path if serving_base is None else serving_base,

@@ -21,6 +21,7 @@ import tempfile
 import uuid
 
 from keras_resnet import locks
+from keras_resnet.run_dir import is_url
 
 STAGING_PREFIX = ".tmp-"
 RETIRED_PREFIX = ".retired-"
@@ -32,11 +33,6 @@ def nearest_directory(path):
     while not os.path.exists(path):
         path = os.path.dirname(path)
     return path
-
-
-def is_url(path):
-    """`gs://`, `ram://`...: a target reached through tf.io.gfile, not the local disk."""
-    return "://" in str(path)
 
 
 def check_url(url, flag):

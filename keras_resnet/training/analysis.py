@@ -20,6 +20,8 @@ import os
 
 import numpy as np
 
+from keras_resnet.run_dir import is_url
+
 
 @dataclasses.dataclass(frozen=True)
 class RunCurves:
@@ -411,7 +413,7 @@ def check_output(path):
     extension = os.path.splitext(path)[1].lstrip(".").lower()
     if extension not in FIGURE_FORMATS:
         raise ValueError(f"output={path!r}: the file name must end in one of {tuple('.' + f for f in FIGURE_FORMATS)}")
-    if "://" in str(path):  # gs://, ram://...: its directories appear as files are written
+    if is_url(path):  # gs://, ram://...: its directories appear as files are written
         return extension
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
