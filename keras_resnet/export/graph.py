@@ -13,8 +13,6 @@ with an InvalidArgumentError that names it: an error status in TF Serving, never
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import tensorflow as tf
 
@@ -166,17 +164,23 @@ def frozen_inference(model, image_size):
     TensorFlow's oneDNN convolutions keep their re-laid-out kernels between calls only when
     the kernel is a constant; read from a variable, every kernel is re-laid out on every call.
     Frozen, the served graph skips that work on every request (BENCHMARKS.md, Findings).
-    tf2onnx freezes the same way.
+    The function is traced with Keras' `stateless_call`, each weight given as a constant of
+    the graph: the weights are copied into it once, where freezing a traced function's
+    variables afterwards copies them about ten times.
     """
-    # TensorFlow 2 has no public API that freezes a concrete function's variables (tf.compat.v1's
-    # graph_util works on v1 graphs only); tf2onnx calls the same internal function.
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    values = [
+        [np.asarray(v) for v in model.trainable_variables],
+        [np.asarray(v) for v in model.non_trainable_variables],
+    ]
 
-    spec = tf.TensorSpec([None, *image_size, 3], tf.float32)
-    frozen = convert_variables_to_constants_v2(
-        tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    )
-    return lambda x: frozen(tf.convert_to_tensor(x, tf.float32))[0]
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_size, 3], tf.float32)])
+    def inference(x):
+        trainable, non_trainable = ([tf.constant(value) for value in group] for group in values)
+        return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+    frozen = inference.get_concrete_function()
+    values.clear()  # the graph holds the only copy
+    return lambda x: frozen(tf.convert_to_tensor(x, tf.float32))
 
 
 class ServingGraph:
@@ -207,12 +211,9 @@ class ServingGraph:
         order, scale, shift = channel_affine(source.preprocess_mode, source.mean)
         foldable = input_conv(source.model) is not None
         affine = (order, scale) if foldable else None
-        folded = serving_model(source.model, logits=True, input_affine=affine, merge_pools=merge_pools)
+        self.folded = serving_model(source.model, logits=True, input_affine=affine, merge_pools=merge_pools)
         mark("fold")
-        self.logits = frozen_inference(folded, source.image_size)
-        del folded
-        gc.collect()  # the folded model's variables and traced graph: held in reference cycles
-        mark("freeze")
+        self._frozen = None
         # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC images
         # about 5x slower than an image over the batch.
         offset = np.broadcast_to(input_offset(order, scale, shift), (*source.image_size, 3)).copy()
@@ -224,6 +225,21 @@ class ServingGraph:
         self.max_pixels = max_pixels
         self.image_size = source.image_size
         self.class_names = source.class_names
+
+    def frozen_logits(self):
+        """The folded net's inference with its weights frozen into constants, traced on the
+        first call (the direct ONNX writer never needs it). Called before an entry point is
+        traced: frozen inside a trace, the folded model's variables would count as the trace's
+        and be saved beside the constants."""
+        if self._frozen is None:
+            self._frozen = frozen_inference(self.folded, self.image_size)
+            mark("freeze")
+        return self._frozen
+
+    def numeric_function(self):
+        """`numeric_outputs` as a tf.function over `images_spec()`, its weights frozen first."""
+        self.frozen_logits()
+        return tf.function(self.numeric_outputs, input_signature=[self.images_spec()])
 
     def images_spec(self):
         """The float signature's input: any batch of RGB images of the net's size."""
@@ -239,7 +255,7 @@ class ServingGraph:
             x = preprocess_input(images, self.source.preprocess_mode, self.source.mean)
         else:
             x = images + tf.constant(self.input_offset)
-        logits = self.logits(x)
+        logits = self.frozen_logits()(x)
         probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
         return {"logits": logits, "probabilities": probabilities, "top_k_classes": classes, "top_k_scores": scores}

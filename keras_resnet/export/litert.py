@@ -44,7 +44,7 @@ def _float_signature_dir(graph, directory):
     .tflite signature, its input and its outputs after it."""
     import tensorflow as tf
 
-    function = tf.function(graph.numeric_outputs, input_signature=[graph.images_spec()])
+    function = graph.numeric_function()
     tf.saved_model.save(tf.Module(), directory, signatures={FLOAT_SIGNATURE: function.get_concrete_function()})
     return directory
 

@@ -23,7 +23,7 @@ import textwrap
 
 import numpy as np
 
-from keras_resnet.export import publish, verify
+from keras_resnet.export import onnx_graph, publish, verify
 from keras_resnet.export.graph import IMAGES, ServingGraph
 from keras_resnet.export.stages import mark
 
@@ -146,21 +146,31 @@ def run_converter(graph_def, inputs, outputs, rename, opset, timeout=3600):
         return onnx.load(onnx_path)
 
 
-def convert(graph, opset):
-    """The serving graph as a checked onnx.ModelProto, metadata describing its preprocessing."""
-    import onnx
-    import tensorflow as tf
-
-    spec = [graph.images_spec()]
-    function = tf.function(graph.numeric_outputs, input_signature=spec)
-    frozen = frozen_graph_def(function, spec)
-    del function
+def _tf2onnx_proto(graph, opset):
+    """The serving graph's numeric outputs converted by tf2onnx (frozen, in a child process)."""
+    frozen = frozen_graph_def(graph.numeric_function(), [graph.images_spec()])
     gc.collect()  # the traced function: only its frozen GraphDef goes to the converter
     mark("freeze")
     model_proto = run_converter(*frozen, opset)
     del frozen
     gc.collect()
     _name_batch_axes(model_proto)
+    return model_proto
+
+
+def convert(graph, opset, log=print):
+    """The serving graph as a checked onnx.ModelProto, metadata describing its preprocessing:
+    written directly from the folded network (onnx_graph), or by tf2onnx for a network with a
+    layer the direct writer does not know."""
+    import onnx
+
+    try:
+        if graph.input_offset is None:
+            raise onnx_graph.Unsupported("its preprocessing does not fold into its first conv")
+        model_proto = onnx_graph.model_proto(graph.folded, graph.input_offset, top_k=graph.top_k, opset=opset)
+    except onnx_graph.Unsupported as reason:
+        log(f"ONNX: the network is converted by tf2onnx: {reason}")
+        model_proto = _tf2onnx_proto(graph, opset)
     metadata = {
         "preprocessing": graph.source.preprocess_mode,
         "input": "float32 RGB [batch, H, W, 3] in 0..255, preprocessing inside the graph",
@@ -254,9 +264,9 @@ def _write_proto(model_proto, path):
         f.write(model_proto.SerializeToString())
 
 
-def write(graph, staged, *, calibration_images=None, opset=MIN_OPSET):
+def write(graph, staged, *, calibration_images=None, opset=MIN_OPSET, log=print):
     """Write every requested copy to its staging path in `staged` ({tag: path})."""
-    model_proto = convert(graph, opset)
+    model_proto = convert(graph, opset, log)
     _write_proto(model_proto, staged["fp32"])
     if "fp16" in staged:
         _write_proto(to_fp16(model_proto), staged["fp16"])
@@ -306,7 +316,7 @@ def export_onnx(
         tags,
         overwrite=overwrite,
         log=log,
-        write_options={"opset": opset},
+        write_options={"opset": opset, "log": log},
         **checks,
     )
     return OnnxExport(

@@ -48,9 +48,8 @@ def weights_path(xml_path):
 def convert(graph):
     """The graph's float signature as an openvino.Model, inputs and outputs named as it names them."""
     import openvino
-    import tensorflow as tf
 
-    return openvino.convert_model(tf.function(graph.numeric_outputs, input_signature=[graph.images_spec()]))
+    return openvino.convert_model(graph.numeric_function())
 
 
 def quantize(model, calibration_images, batch_size=1):

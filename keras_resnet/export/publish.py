@@ -237,7 +237,7 @@ def publish(
                     differences = fmt.verify(staged["fp32"], graph, reference, log=log, **bound)
                     log(f"{fmt.name} float32 within float32's rounding of the float64 network")
                     reports, accuracy = {}, None
-                    if fmt.runner is not None:
+                    if fmt.runner is not None and (len(staged) > 1 or eval_labels is not None):
                         images, labels, where = variants.comparison_images(
                             graph, calibration_images, eval_images, eval_labels
                         )

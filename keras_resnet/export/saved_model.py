@@ -144,6 +144,7 @@ def write_saved_model(graph, directory, model_name, warmup_batch_sizes=(1,)):
     signature and batch size) and the facts."""
     import keras
 
+    graph.frozen_logits()
     archive = keras.export.ExportArchive()
     archive.add_endpoint(FLOAT_SIGNATURE, graph.serve_images, input_signature=[graph.images_spec()])
     archive.add_endpoint(BYTES_SIGNATURE, graph.serve_image_bytes, input_signature=[graph.bytes_spec()])
