@@ -16,6 +16,8 @@ busy, spinning and waiting included).
   keras_resnet_predict            the same model through model.predict
   saved_model                     the exporter's SavedModel, serving_default, run in a
                                   TensorFlow session as TF Serving runs it
+  keras_export_saved_model        the TF Serving peer: keras.applications' net exported by Keras'
+                                  own model.export(format="tf_saved_model"), served as saved_model
   onnx_fp32, onnx_int8, onnx_fp16 the exporter's ONNX files in onnxruntime (fp16 where it runs)
   litert_fp32, litert_int8        the exporter's .tflite files (float32; full-integer int8) in
                                   the LiteRT interpreter, XNNPACK, one thread per core
@@ -26,9 +28,15 @@ busy, spinning and waiting included).
 
 Every row is timed at --batch_size, then again at --latency_batch_size (one image: what an
 online request costs, p50/p99); the last table puts both beside each exported file's size.
+A last line gives what a TF Serving user compares: saved_model over keras_export_saved_model,
+images/s at --batch_size and p50 at --latency_batch_size (JSON: tf_serving_peer), after checking
+that both compute one function (top-1 agreement, logits within 1e-3): keras.applications' net
+holds keras_resnet's weights where the two nets are alike (ResNet-50/101/152), else it is not
+checked and says why.
 
-The keras rows get preprocessed float images; the exported graphs take RGB 0..255 and carry
-the preprocessing (and softmax, top-k) inside, as they serve. Kernels are random, the BN
+The keras rows and Keras' export get preprocessed float images (keras.applications leaves
+preprocess_input to its caller); the exporter's graphs take RGB 0..255 and carry the
+preprocessing (and softmax, top-k) inside, as they serve. Kernels are random, the BN
 layers those of a trained net (keras_resnet.testing.with_trained_statistics on scikit-learn's
 bundled photos: untrained BNs fold into zero biases, which TensorFlow's constant folding would
 drop from the frozen SavedModel graph); the int8 copy is calibrated on random images (its
@@ -59,6 +67,7 @@ ROWS = (
     "keras_resnet_tf_function",
     "keras_resnet_predict",
     "saved_model",
+    "keras_export_saved_model",
     "onnx_fp32",
     "onnx_int8",
     "onnx_fp16",
@@ -70,6 +79,10 @@ ROWS = (
 )
 EXPORTED = ROWS[4:]
 REFERENCE = "keras_applications_tf_function"
+# The SavedModel a TF Serving user would otherwise serve: Keras' own export of keras.applications' net.
+KERAS_EXPORT = "keras_export_saved_model"
+# The most the peer's logits may differ (relative) from the exporter's SavedModel's on the same weights.
+MAX_LOGITS_DIFFERENCE = 1e-3
 # An untimed call before each timed one: a runtime's first call after another's finds its memory
 # cold (ResNet-50 at batch 1: TensorFlow +10 ms, onnxruntime +6 ms), which a server never meets.
 REWARM = 1
@@ -132,6 +145,36 @@ def peer_model(builder, size):
     return constructor(weights=None, input_shape=(*size, 3))
 
 
+def copy_weights(model, peer, name):
+    """Give keras.applications' `peer` the weights of keras_resnet's `model` (named `name`),
+    whose convs have no bias: the peer's become zero. ValueError naming the first layer of the
+    peer that `model` lacks or shapes differently."""
+    import keras
+
+    from keras_resnet.weights import assign, model_arrays
+
+    arrays = model_arrays(model)
+    for layer in peer.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.use_bias and layer.name in arrays:
+            arrays[layer.name] = {**arrays[layer.name], "bias": np.zeros(tuple(layer.bias.shape), "float32")}
+    assign(peer, arrays, name)
+
+
+def same_weights_peer(builder, model, size, name, photos):
+    """(peer_model, None) holding `model`'s weights, so the two compute one function; where the
+    nets differ, (peer_model with trained statistics of its own on `photos`, why the two cannot
+    hold the same weights)."""
+    from keras_resnet.testing import with_trained_statistics
+
+    peer = peer_model(builder, size)
+    try:
+        copy_weights(model, peer, name)
+    except ValueError as error:
+        with_trained_statistics(peer, photos)
+        return peer, f"{name} is not keras.applications' {peer.name} ({error})"
+    return peer, None
+
+
 def one_batch_dataset(batch):
     """The batch as `predict`'s input: a one-element tf.data.Dataset with autotuning off.
 
@@ -175,13 +218,20 @@ def export_saved_model_file(source, directory, reference):
     ).path
 
 
-def saved_model_runner(path, threads):
+def export_keras_saved_model_file(peer, directory):
+    """keras.applications' `peer` as Keras exports it for TF Serving (`model.export`, weights
+    as variables, nothing folded): its dir."""
+    path = os.path.join(directory, KERAS_EXPORT)
+    peer.export(path, format="tf_saved_model", verbose=False)
+    return path
+
+
+def saved_model_runner(path, threads, output=None):
     """serving_default of the SavedModel at `path` in a TensorFlow 1 session, as TF Serving runs
     it: Grappler and the oneDNN rewrites at load, then `Session.run`, with its own pool of
-    `threads["inter_op"]` and `threads["intra_op"]` threads (0: TensorFlow's default)."""
+    `threads["inter_op"]` and `threads["intra_op"]` threads (0: TensorFlow's default). The
+    signature's one input is fed; `output` is fetched, or its only output when None."""
     import tensorflow as tf
-
-    from keras_resnet.export.graph import FLOAT_SIGNATURE, IMAGES
 
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads["intra_op"])
     if threads["inter_op"]:
@@ -190,9 +240,10 @@ def saved_model_runner(path, threads):
     session = tf.compat.v1.Session(graph=graph, config=config)
     with graph.as_default():
         signature = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], path).signature_def[
-            FLOAT_SIGNATURE
+            tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
         ]
-    fetch, feed = signature.outputs["probabilities"].name, signature.inputs[IMAGES].name
+    (feed,) = (tensor.name for tensor in signature.inputs.values())
+    (fetch,) = (tensor.name for key, tensor in signature.outputs.items() if output in (None, key))
     return lambda images: session.run(fetch, {feed: images})
 
 
@@ -233,6 +284,16 @@ def open_runtime(opener):
     """`run(images)` of an opener (RUNNERS key, path, threads, keyword options), in this process."""
     kind, path, threads, options = opener
     return RUNNERS[kind](path, threads, **options)
+
+
+def opener_of(name, path, threads):
+    """How row `name` opens its file (open_runtime): Keras' export in the exporter's
+    SavedModel's runner, with the same threads; each SavedModel's probabilities fetched."""
+    if name == KERAS_EXPORT:
+        return ("saved_model", path, threads, {})
+    kind = next(kind for kind in RUNNERS if name.startswith(kind))
+    options = {"saved_model": {"output": "probabilities"}, "openvino_bf16": {"precision_hint": False}}
+    return (kind, path, threads, options.get(name, {}))
 
 
 def directory_size(path):
@@ -306,21 +367,23 @@ def _reason(error, step="export"):
     return f"{step} failed: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
 
 
-def exported_openers(source, directory, calibration, wanted, threads):
+def exported_openers(source, peer, directory, calibration, wanted, threads):
     """({row: opener}, {row: file bytes}, skipped) of the exported rows in `wanted`: each file
-    written and verified by its exporter, and how to open it (open_runtime). A row whose export
-    fails is skipped with the reason, so one broken path does not hide the others. All exports
-    share one float64 reference."""
+    written and verified by its exporter (Keras' export of `peer`: as Keras writes it), and how
+    to open it (open_runtime). A row whose export fails is skipped with the reason, so one
+    broken path does not hide the others. All exports share one float64 reference."""
     from keras_resnet.export.verify import Reference
 
     reference = Reference(source)
     paths, skipped = {}, {}
-    for name in ("saved_model", "onnx_fp32", "onnx_int8", "onnx_fp16"):
+    for name in ("saved_model", KERAS_EXPORT, "onnx_fp32", "onnx_int8", "onnx_fp16"):
         if name not in wanted:
             continue
         try:
             if name == "saved_model":
                 paths[name] = export_saved_model_file(source, directory, reference)
+            elif name == KERAS_EXPORT:
+                paths[name] = export_keras_saved_model_file(peer, directory)
             else:
                 paths[name] = export_onnx_file(source, directory, calibration, name, reference)
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
@@ -333,17 +396,14 @@ def exported_openers(source, directory, calibration, wanted, threads):
             paths.update(export(source, directory, calibration, names, reference))
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
             skipped.update(dict.fromkeys(names, _reason(error)))
-    openers = {}
-    for name, path in paths.items():
-        kind = next(kind for kind in RUNNERS if name.startswith(kind))
-        options = {"precision_hint": False} if name == "openvino_bf16" else {}
-        openers[name] = (kind, path, threads, options)
+    openers = {name: opener_of(name, path, threads) for name, path in paths.items()}
     return openers, {name: served_size(name, path) for name, path in paths.items()}, skipped
 
 
 def serve_runtime(connection, opener):
     """A child process's loop: open one exported file's runtime, then keep the images it is
-    sent and run them on each request, answering when the outputs are ready."""
+    sent and run them on each request, answering when the outputs are ready (or, asked for
+    outputs, running the images sent with the request and answering with its outputs)."""
     try:
         run = open_runtime(opener)
     except Exception as error:  # noqa: BLE001  sent to the parent, which skips the row
@@ -358,6 +418,8 @@ def serve_runtime(connection, opener):
             connection.send(("ok", None))
         elif command == "run":
             connection.send(("done", call()))
+        elif command == "outputs":
+            connection.send(("outputs", run(payload)))
         else:
             return
 
@@ -395,6 +457,10 @@ class RuntimeProcess:
         self._expect("ok", ("images", images))
         return lambda: self._expect("done", ("run", None))
 
+    def run(self, images):
+        """The runtime's outputs on `images` (untimed)."""
+        return self._expect("outputs", ("outputs", images))
+
     def close(self):
         if self.process.is_alive():
             self.connection.send(("stop", None))
@@ -402,20 +468,77 @@ class RuntimeProcess:
 
 
 def runtime_binders(openers, isolate, skipped):
-    """({row: bind(images) -> call}, [processes to close]): each opener in a RuntimeProcess when
-    `isolate`, else opened in this process. A runtime that fails to open skips its row."""
-    binders, processes = {}, []
+    """({row: bind(images) -> call}, {row: run(images) -> outputs}, [processes to close]): each
+    opener in a RuntimeProcess when `isolate`, else opened in this process. A runtime that fails
+    to open skips its row."""
+    binders, runs, processes = {}, {}, []
     for name, opener in openers.items():
         try:
             if isolate:
                 process = RuntimeProcess(opener)
                 processes.append(process)
-                binders[name] = process.bind
+                binders[name], runs[name] = process.bind, process.run
             else:
-                binders[name] = binder(open_runtime(opener))
+                runs[name] = open_runtime(opener)
+                binders[name] = binder(runs[name])
         except Exception as error:  # noqa: BLE001  recorded and printed, never hidden
             skipped[name] = str(error)
-    return binders, processes
+    return binders, runs, processes
+
+
+def fed_preprocessed(take, mode):
+    """`take(images)` (a bind or a run) given the images preprocessed, outside any timed call,
+    as the Keras rows are: what Keras' export of keras.applications' net takes."""
+    from keras_resnet.preprocessing import preprocess_input
+
+    return lambda images: take(np.asarray(preprocess_input(images, mode), dtype="float32"))
+
+
+def logits_difference(ours, theirs):
+    """(relative difference of the logits behind two softmax outputs, fraction of the classes
+    compared). Softmax keeps the logits less a constant: log p less its mean over the classes
+    compared, those whose probability both hold as a normal float32 (a class whose logit lies
+    over 87 below the top one's is a zero or a subnormal, which keeps no logit)."""
+    ours, theirs = (np.asarray(p, dtype="float64") for p in (ours, theirs))
+    held = (ours >= np.finfo("float32").tiny) & (theirs >= np.finfo("float32").tiny)
+
+    def centred(probabilities):
+        log = np.log(np.where(held, probabilities, 1.0))
+        return np.where(held, log - log.sum(axis=-1, keepdims=True) / held.sum(axis=-1, keepdims=True), 0.0)
+
+    a, b = centred(ours), centred(theirs)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a)), float(held.mean())
+
+
+def same_function(runs, images, mode, not_applicable):
+    """Whether Keras' export computes the exporter's SavedModel's function on `images`: top-1
+    agreement and the relative difference of their (centred) logits; or why it is not
+    checked (`not_applicable`: the two nets cannot hold the same weights, or a row did not run)."""
+    missing = [name for name in ("saved_model", KERAS_EXPORT) if name not in runs]
+    if not_applicable or missing:
+        return {"applicable": False, "reason": not_applicable or f"{', '.join(missing)} did not run"}
+    ours = runs["saved_model"](images)
+    theirs = fed_preprocessed(runs[KERAS_EXPORT], mode)(images)
+    agreement = float(np.mean(ours.argmax(axis=-1) == theirs.argmax(axis=-1)))
+    difference, compared = logits_difference(ours, theirs)
+    return {
+        "applicable": True,
+        "top1_agreement": agreement,
+        "logits_relative_difference": difference,
+        "classes_compared": compared,
+        "passed": agreement == 1.0 and difference < MAX_LOGITS_DIFFERENCE,
+    }
+
+
+def check_text(check):
+    """`same_function`'s answer in a line."""
+    if not check["applicable"]:
+        return f"not checked: {check['reason']}"
+    return (
+        f"{'yes' if check['passed'] else 'NO'} (top-1 agreement {100 * check['top1_agreement']:.0f} %, logits "
+        f"relative difference {check['logits_relative_difference']:.1e}, must be < {MAX_LOGITS_DIFFERENCE:g}, "
+        f"over the {100 * check['classes_compared']:.0f} % of classes softmax keeps in float32)"
+    )
 
 
 def binder(run):
@@ -478,24 +601,30 @@ def main(argv):
     wanted = set(FLAGS.rows)
     model = builder(weights=None)
     size = model.input_shape[1:3]
-    with_trained_statistics(model, preprocess_input(sample_photos(size[0], count=16), "caffe"))
+    photos = preprocess_input(sample_photos(size[0], count=16), "caffe")
+    with_trained_statistics(model, photos)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(run["batch_size"], *size, 3)).astype("float32")
     calibration = rng.uniform(0, 255, size=(run["calibration_images"], *size, 3)).astype("float32")
     own_flops = 2 * count_flops(model)
     flops = dict.fromkeys(ROWS, own_flops)
     binders = keras_binders("keras_resnet", model, "caffe")
-    if wanted & {REFERENCE, "keras_applications_predict"}:
-        peer = peer_model(builder, size)
+    peer, not_applicable = None, None
+    if wanted & {REFERENCE, "keras_applications_predict", KERAS_EXPORT}:
+        peer, not_applicable = same_weights_peer(builder, model, size, run["model"], photos)
         binders.update(keras_binders("keras_applications", peer, "caffe"))
-        flops.update(
-            dict.fromkeys(("keras_applications_tf_function", "keras_applications_predict"), 2 * count_flops(peer))
-        )
+        flops.update(dict.fromkeys((REFERENCE, "keras_applications_predict", KERAS_EXPORT), 2 * count_flops(peer)))
     source = ModelSource(model=model, preprocess_mode="caffe", name=run["model"])
     with tempfile.TemporaryDirectory() as directory:
-        openers, sizes, skipped = exported_openers(source, directory, calibration, wanted, threads)
-        exported, processes = runtime_binders(openers, FLAGS.isolate_runtimes, skipped)
+        openers, sizes, skipped = exported_openers(source, peer, directory, calibration, wanted, threads)
+        exported, runs, processes = runtime_binders(openers, FLAGS.isolate_runtimes, skipped)
         try:
+            check = same_function(runs, images, "caffe", not_applicable)
+            if check["applicable"] and not check["passed"]:
+                skipped[KERAS_EXPORT] = f"not saved_model's function: {check_text(check)}"
+                exported.pop(KERAS_EXPORT)
+            if KERAS_EXPORT in exported:
+                exported[KERAS_EXPORT] = fed_preprocessed(exported[KERAS_EXPORT], "caffe")
             binders.update(exported)
             binders = {name: binders[name] for name in ROWS if name in binders and name in wanted}
             peak = timing.matmul_gflops(run["matmul_size"])
@@ -508,7 +637,34 @@ def main(argv):
                 process.close()
     for row in rows + latency_rows:
         row["file_mb"] = sizes[row["name"]] / 1e6 if row["name"] in sizes else None
-    report(run, rows, latency_rows, skipped, peak, own_flops, size)
+    report(run, rows, latency_rows, skipped, peak, own_flops, size, tf_serving_peer(rows, latency_rows, check))
+
+
+def over_keras_export(rows, field):
+    """`field` of saved_model over keras_export_saved_model in `rows`; None unless both ran."""
+    values = {r["name"]: r[field] for r in rows}
+    return values["saved_model"] / values[KERAS_EXPORT] if {"saved_model", KERAS_EXPORT} <= set(values) else None
+
+
+def tf_serving_peer(rows, latency_rows, check):
+    """What a TF Serving user compares: the exporter's SavedModel over Keras' own export, in
+    images/s at --batch_size (above 1: the exporter's serves more) and p50 latency at
+    --latency_batch_size (below 1: it answers sooner), with the check that both compute one
+    function."""
+    return {
+        "images_per_s_ratio": over_keras_export(rows, "images_per_s"),
+        "p50_ms_ratio": over_keras_export(latency_rows, "p50_ms"),
+        "same_function": check,
+    }
+
+
+def print_tf_serving_peer(peer, batch_size):
+    """The TF Serving peer's ratios and its same-function check, one line each."""
+    print(
+        f"\nsaved_model / {KERAS_EXPORT}: images/s @{batch_size} {timing._text(peer['images_per_s_ratio'], '.2f', 'x')}, "
+        f"p50 @{FLAGS.latency_batch_size} {timing._text(peer['p50_ms_ratio'], '.2f', 'x')}"
+    )
+    print(f"same function as saved_model: {check_text(peer['same_function'])}")
 
 
 def print_side_by_side(rows, latency_rows, batch_size):
@@ -529,7 +685,7 @@ def print_side_by_side(rows, latency_rows, batch_size):
         )
 
 
-def report(run, rows, latency_rows, skipped, peak, own_flops, size):
+def report(run, rows, latency_rows, skipped, peak, own_flops, size, peer):
     """Print the tables and write --json."""
     timing.print_title(
         f"{run['model']} at {size[0]}x{size[1]}, batch {run['batch_size']}, {run['iterations']} interleaved calls per row "
@@ -544,6 +700,8 @@ def report(run, rows, latency_rows, skipped, peak, own_flops, size):
     timing.print_skipped(skipped)
     if latency_rows:
         print_side_by_side(rows, latency_rows, run["batch_size"])
+    if KERAS_EXPORT in FLAGS.rows:
+        print_tf_serving_peer(peer, run["batch_size"])
     if FLAGS.json:
         timing.write_result(
             FLAGS.json,
@@ -572,6 +730,7 @@ def report(run, rows, latency_rows, skipped, peak, own_flops, size):
             intra_op_threads=FLAGS.intra_op_threads,
             isolate_runtimes=FLAGS.isolate_runtimes,
             peak_gflops=peak,
+            tf_serving_peer=peer,
             skipped=skipped,
         )
 

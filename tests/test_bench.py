@@ -24,6 +24,7 @@ INFERENCE_ROWS = (
     "keras_resnet_tf_function",
     "keras_resnet_predict",
     "saved_model",
+    "keras_export_saved_model",
     "onnx_fp32",
     "onnx_int8",
 )
@@ -160,6 +161,17 @@ def test_inference(runs):
     for r in payload["rows"] + payload["latency_rows"]:
         assert r["cpu_ms"] > 0.1 * r["p50_ms"], (r["name"], r["cpu_ms"], r["p50_ms"])
     assert "keras_resnet_tf_function" in log and "CPU @1 ms" in log  # the printed tables
+    # the TF Serving peer: the exporter's SavedModel over Keras' own export, served alike; resnet20
+    # (--quick) is no keras.applications net, so the two cannot hold the same weights
+    peer = payload["tf_serving_peer"]
+    latency = {r["name"]: r for r in payload["latency_rows"]}
+    ours, keras_export = rows["saved_model"], rows["keras_export_saved_model"]
+    assert peer["images_per_s_ratio"] == pytest.approx(ours["images_per_s"] / keras_export["images_per_s"])
+    assert peer["p50_ms_ratio"] == pytest.approx(
+        latency["saved_model"]["p50_ms"] / latency["keras_export_saved_model"]["p50_ms"]
+    )
+    assert peer["same_function"]["applicable"] is False and "resnet20" in peer["same_function"]["reason"]
+    assert keras_export["file_mb"] > 0 and "saved_model / keras_export_saved_model" in log
 
 
 def test_train_step(runs):
