@@ -439,7 +439,7 @@ def test_command_line_replaces_a_version_only_with_overwrite(exported, tmp_path)
     exported["model"].save(keras_file)
     version_dir = exported["result"].path
     versions = sorted(os.listdir(os.path.join(exported["base"], "resnet20")))
-    fingerprint = open(os.path.join(version_dir, "fingerprint.pb"), "rb").read()
+    served_graph = open(os.path.join(version_dir, "saved_model.pb"), "rb").read()
     replaced = run_cli(
         "export/to_saved_model.py",
         "--keras_file",
@@ -457,7 +457,7 @@ def test_command_line_replaces_a_version_only_with_overwrite(exported, tmp_path)
         "3",
     )
     assert replaced.returncode == 0, replaced.stderr[-3000:]
-    assert open(os.path.join(version_dir, "fingerprint.pb"), "rb").read() != fingerprint
+    assert open(os.path.join(version_dir, "saved_model.pb"), "rb").read() != served_graph
     signature = tf.saved_model.load(version_dir).signatures["serving_default"]
     assert signature(images=tf.zeros([2, 32, 32, 3]))["top_k_classes"].shape == (2, 3)
     assert (

@@ -158,25 +158,33 @@ def decode_centre_view(data, image_size, resize, max_pixels):
     return tf.ensure_shape(views.center_view(data, image_size[0], resize), (*image_size, 3))
 
 
+def weight_values(model):
+    """[trainable, non-trainable] weights of `model` as NumPy arrays, in `stateless_call`'s
+    order (read eagerly: a graph being built cannot read a variable's value)."""
+    return [[np.asarray(v) for v in model.trainable_variables], [np.asarray(v) for v in model.non_trainable_variables]]
+
+
+def constant_inference(model, values):
+    """`model`'s inference in the graph being built, its weights `values` (weight_values)
+    constants of that graph, each copied in once (Keras' `stateless_call`)."""
+    trainable, non_trainable = ([tf.constant(value) for value in group] for group in values)
+    return lambda x: model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+
 def frozen_inference(model, image_size):
     """`model`'s inference as one TensorFlow function whose weights are constants, not variables.
 
     TensorFlow's oneDNN convolutions keep their re-laid-out kernels between calls only when
     the kernel is a constant; read from a variable, every kernel is re-laid out on every call.
     Frozen, the served graph skips that work on every request (BENCHMARKS.md, Findings).
-    The function is traced with Keras' `stateless_call`, each weight given as a constant of
-    the graph: the weights are copied into it once, where freezing a traced function's
+    Traced with the weights as constants from the start: freezing a traced function's
     variables afterwards copies them about ten times.
     """
-    values = [
-        [np.asarray(v) for v in model.trainable_variables],
-        [np.asarray(v) for v in model.non_trainable_variables],
-    ]
+    values = weight_values(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_size, 3], tf.float32)])
     def inference(x):
-        trainable, non_trainable = ([tf.constant(value) for value in group] for group in values)
-        return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+        return constant_inference(model, values)(x)
 
     frozen = inference.get_concrete_function()
     values.clear()  # the graph holds the only copy
@@ -249,30 +257,31 @@ class ServingGraph:
         """The bytes signature's input: any batch of encoded images, each of any size."""
         return tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)
 
-    def numeric_outputs(self, images):
-        """float RGB [batch, H, W, 3] in 0..255 -> logits, probabilities, top-k (the ONNX graph)."""
+    def numeric_outputs(self, images, inference=None):
+        """float RGB [batch, H, W, 3] in 0..255 -> logits, probabilities, top-k (the ONNX graph);
+        `inference`: the folded net as a callable (constant_inference), else frozen_logits()."""
         if self.input_offset is None:
             x = preprocess_input(images, self.source.preprocess_mode, self.source.mean)
         else:
             x = images + tf.constant(self.input_offset)
-        logits = self.frozen_logits()(x)
+        logits = (inference or self.frozen_logits())(x)
         probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
         return {"logits": logits, "probabilities": probabilities, "top_k_classes": classes, "top_k_scores": scores}
 
-    def serve_images(self, images):
+    def serve_images(self, images, inference=None):
         """float RGB [batch, H, W, 3] in 0..255 -> the named outputs, with class names if known;
         a wrong shape, an empty batch or a NaN/Inf pixel is an InvalidArgumentError."""
-        outputs = self.numeric_outputs(check_images(images, self.image_size))
+        outputs = self.numeric_outputs(check_images(images, self.image_size), inference)
         if self.class_names is not None:
             outputs[CLASS_NAMES] = tf.gather(tf.constant(self.class_names), outputs["top_k_classes"])
         return outputs
 
-    def serve_image_bytes(self, image_bytes):
+    def serve_image_bytes(self, image_bytes, inference=None):
         """Encoded images [batch] (what REST's {"b64": ...} carries) -> the named outputs."""
         images = tf.map_fn(
             lambda data: decode_centre_view(data, self.image_size, self.resize, self.max_pixels),
             check_image_bytes(image_bytes),
             fn_output_signature=tf.TensorSpec((*self.image_size, 3), tf.float32),
         )
-        return self.serve_images(images)
+        return self.serve_images(images, inference)

@@ -256,6 +256,8 @@ def check_reduced_precision(label, report, *, max_logits=None, min_agreement=Non
     return report
 
 
+# The SavedModel loaded as TF Serving loads it: its MetaGraph into a TensorFlow 1 session,
+# each signature run by feeding and fetching the tensors its signature def names.
 _RUNNER = textwrap.dedent(
     """
     import pickle, sys
@@ -264,13 +266,17 @@ _RUNNER = textwrap.dedent(
     def main(model_path, calls_path, results_path):
         with open(calls_path, "rb") as f:
             calls = pickle.load(f)
-        loaded = tf.saved_model.load(model_path)
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph)
+        with graph.as_default():
+            signatures = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], model_path).signature_def
         results = []
         for signature, inputs in calls:
             try:
-                fn = loaded.signatures[signature]
-                outputs = fn(**{k: tf.constant(v) for k, v in inputs.items()})
-                results.append({k: v.numpy() for k, v in outputs.items()})
+                definition = signatures[signature]
+                feeds = {definition.inputs[name].name: value for name, value in inputs.items()}
+                fetches = {name: tensor.name for name, tensor in definition.outputs.items()}
+                results.append(session.run(fetches, feeds))
             except (tf.errors.OpError, KeyError, ValueError, TypeError) as error:
                 results.append(f"{type(error).__name__}: {error}")
         imported = sorted(m for m in sys.modules if m.split(".")[0] == "keras_resnet")
