@@ -216,16 +216,25 @@ def to_fp16(model_proto):
     return half
 
 
-def calibration_reader(images, batch_size=32):
-    """An onnxruntime CalibrationDataReader over float RGB images in 0..255."""
+def calibration_reader(images, batch_size=8):
+    """An onnxruntime CalibrationDataReader over float RGB images in 0..255, one batch per
+    `get_next`; `set_range` selects batches, so the calibrator can take them a few at a time
+    (`CalibStridedMinMax`)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class ImageReader(CalibrationDataReader):
         def __init__(self):
-            self._batches = iter([{IMAGES: images[i : i + batch_size]} for i in range(0, len(images), batch_size)])
+            self._batches = [{IMAGES: images[i : i + batch_size]} for i in range(0, len(images), batch_size)]
+            self.set_range(0, len(self._batches))
+
+        def __len__(self):
+            return len(self._batches)
+
+        def set_range(self, start_index, end_index):
+            self._next = iter(self._batches[start_index:end_index])
 
         def get_next(self):
-            return next(self._batches, None)
+            return next(self._next, None)
 
     return ImageReader()
 
@@ -252,6 +261,9 @@ def to_int8(fp32_path, int8_path, calibration_images):
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=float_heads,
+            # ranges merged batch by batch: min/max calibration otherwise holds every
+            # intermediate tensor of every calibration image until the end (GBs at 224x224)
+            extra_options={"CalibStridedMinMax": 1},
         )
     finally:
         if os.path.exists(prepared):
