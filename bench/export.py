@@ -121,7 +121,9 @@ def measured_run(command, env, timeout):
 
 
 def our_command(exporter, model, output, photos):
-    """The export command a user runs for `exporter` on the untrained registry `model`."""
+    """The export command a user runs for `exporter` on the untrained registry `model` (the
+    int8 copy's top-1 agreement with float64 is not bounded: it means nothing on a net whose
+    logits nearly tie)."""
     source = ["--model", model, "--preprocess_mode", "caffe"]
     script = {"saved_model": "to_saved_model", "litert": "to_litert", "openvino": "to_openvino"}.get(
         exporter, "to_onnx"
@@ -131,6 +133,7 @@ def our_command(exporter, model, output, photos):
     if exporter == "onnx_fp16_int8":
         command += ["--fp16", "--int8", "--dataset", "photos", "--data_dir", photos]
         command += ["--calibration_count", str(CALIBRATION_PHOTOS), "--eval_count", str(CALIBRATION_PHOTOS)]
+        command += ["--int8_min_agreement", "0"]
     return command
 
 

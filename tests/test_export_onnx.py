@@ -184,9 +184,15 @@ def test_command_line_exports_at_the_chosen_opset(tmp_path):
         "--fp16",
         "--int8",
         "--calibration_count",
+        "--int8_min_agreement",
         "--dataset",
     ):
         assert flag in helped.stdout
+    refused = run_cli("export/to_onnx.py", "--model", "resnet20", "--output", target, "--int8_min_agreement", "1.5")
+    assert (
+        refused.returncode != 0
+        and "--int8_min_agreement=1.5: 1.5 is not a number in the range [0.0, 1.0]" in refused.stderr
+    )
 
 
 def onnx_files(directory):

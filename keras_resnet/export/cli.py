@@ -96,7 +96,7 @@ def define_export_flags(overwrite_help, flag_values=flags.FLAGS):
 def define_file_flags(suffix, copies, int8_help, flag_values=flags.FLAGS):
     """The flags of an exporter of one `suffix` file with reduced-precision `copies` (their
     tags, as the help prints them) beside it: the source flags, --overwrite, --top_k,
-    --output, --int8, --calibration_count, --eval_count."""
+    --output, --int8, --calibration_count, --int8_min_agreement, --eval_count."""
     define_source_flags(flag_values)
     define_export_flags(
         f"Replace existing output files (and remove an earlier export's {copies} copies not rewritten).", flag_values
@@ -115,6 +115,15 @@ def define_file_flags(suffix, copies, int8_help, flag_values=flags.FLAGS):
         flag_values=flag_values,
     )
     flags.DEFINE_integer("calibration_count", 300, "Training images for int8 calibration.", flag_values=flag_values)
+    flags.DEFINE_float(
+        "int8_min_agreement",
+        0.95,
+        "The least top-1 agreement of the int8 copy with the float64 network on the test images; 0 for a net "
+        "that has not been trained, whose nearly tied logits make agreement meaningless.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer(
         "eval_count",
         1000,
@@ -224,6 +233,7 @@ def export_file_from_flags(argv, check_output, export_file, *, other_copies=Fals
             eval_labels=eval_labels,
             top_k=f.top_k,
             overwrite=f.overwrite,
+            int8_min_agreement=f.int8_min_agreement,
             **options,
         )
 
