@@ -247,7 +247,8 @@ class ServingGraph:
     def numeric_function(self):
         """`numeric_outputs` as a tf.function over `images_spec()`, its weights frozen first."""
         self.frozen_logits()
-        return tf.function(self.numeric_outputs, input_signature=[self.images_spec()])
+        # one argument named as the input: converters (OpenVINO) name the inputs after it
+        return tf.function(lambda images: self.numeric_outputs(images), input_signature=[self.images_spec()])
 
     def images_spec(self):
         """The float signature's input: any batch of RGB images of the net's size."""
