@@ -217,7 +217,7 @@ def test_input_pipeline(runs):
 
 
 EXPORT_ROW_FIELDS = ("name", "kind", "exporter", "model", "ok", "wall_s", "peak_rss_mb", "peak_single_mb", "stages")
-EXPORT_STAGES = ("build", "fold", "freeze", "convert", "reference", "verify")
+EXPORT_STAGES = ("build", "fold", "convert", "reference", "verify")
 
 
 def test_export(runs):
@@ -241,8 +241,9 @@ def test_export(runs):
     assert set(EXPORT_STAGES) <= set(stages), stages
     seconds = [mark["seconds"] for mark in ours["stages"]]
     assert seconds == sorted(seconds) and seconds[-1] <= ours["wall_s"]
-    # a child converts: the tree holds more than the largest process at its peak
-    assert ours["peak_rss_mb"] > ours["peak_single_mb"]
+    # the ONNX graph is written from the folded network in the exporter's own process: no
+    # traced graph is frozen, and no converter runs beside it
+    assert "freeze" not in stages and ours["peak_rss_mb"] == pytest.approx(ours["peak_single_mb"])
     assert "onnx_resnet20" in log  # the printed table
 
 

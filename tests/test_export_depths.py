@@ -42,8 +42,8 @@ print("DIFFERENCES", json.dumps(result.differences))
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet101", "resnet152"])
 def test_each_depth_exports_to_onnx_within_float32_rounding(name, tmp_path):
-    """Each depth in its own process: tf2onnx's conversion of a deep net peaks at many GB
-    that a long-lived process would keep."""
+    """Each depth in its own process, as a user runs an export: memory TensorFlow has taken is
+    not returned to the system, and would add up over four deep nets in one process."""
     code = EXPORT_ONE_DEPTH.format(tests=os.path.dirname(__file__), name=name, path=str(tmp_path / f"{name}.onnx"))
     done = run_cli("-c", code)
     print(done.stdout)
