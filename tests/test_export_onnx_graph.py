@@ -43,7 +43,7 @@ def compare_with_tf2onnx(model, mode):
     """(direct file, tf2onnx's file, onnxruntime outputs of each) on 8 photos."""
     graph = ServingGraph(sources.ModelSource(model, mode))
     direct = onnx_graph.model_proto(graph.folded, graph.input_offset, top_k=graph.top_k, opset=onnx_export.MIN_OPSET)
-    converted = onnx_export._tf2onnx_proto(graph, onnx_export.MIN_OPSET)
+    converted = onnx_export.tf2onnx_proto(graph, onnx_export.MIN_OPSET)
     onnx.checker.check_model(direct, full_check=True)
     images = verify.verification_set(graph, 8)[1]
     return direct, converted, outputs(direct, images), outputs(converted, images)

@@ -146,7 +146,7 @@ def run_converter(graph_def, inputs, outputs, rename, opset, timeout=3600):
         return onnx.load(onnx_path)
 
 
-def _tf2onnx_proto(graph, opset):
+def tf2onnx_proto(graph, opset):
     """The serving graph's numeric outputs converted by tf2onnx (frozen, in a child process)."""
     frozen = frozen_graph_def(graph.numeric_function(), [graph.images_spec()])
     gc.collect()  # the traced function: only its frozen GraphDef goes to the converter
@@ -170,7 +170,7 @@ def convert(graph, opset, log=print):
         model_proto = onnx_graph.model_proto(graph.folded, graph.input_offset, top_k=graph.top_k, opset=opset)
     except onnx_graph.Unsupported as reason:
         log(f"ONNX: the network is converted by tf2onnx: {reason}")
-        model_proto = _tf2onnx_proto(graph, opset)
+        model_proto = tf2onnx_proto(graph, opset)
     metadata = {
         "preprocessing": graph.source.preprocess_mode,
         "input": "float32 RGB [batch, H, W, 3] in 0..255, preprocessing inside the graph",
