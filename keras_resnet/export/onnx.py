@@ -1,6 +1,8 @@
-"""ONNX export through tf2onnx, with optional fp16 and static int8 (QDQ, per-channel) copies.
+"""ONNX export, with optional fp16 and static int8 (QDQ, per-channel) copies.
 
-The ONNX graph is the SavedModel's `serving_default`: float RGB images in 0..255 named
+The graph is written directly from the folded network (onnx_graph.py), or converted by
+tf2onnx for a network with a layer the writer does not know. It is the SavedModel's
+`serving_default`: float RGB images in 0..255 named
 `images` with a dynamic batch axis, the run's preprocessing and the BN-folded net inside,
 outputs `logits`, `probabilities`, `top_k_classes`, `top_k_scores`. The class names are not
 an output (ONNX Runtime has no string outputs on every platform) but metadata: `class_names`
