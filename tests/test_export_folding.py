@@ -38,7 +38,7 @@ def layer_types(model):
     return [type(layer).__name__ for layer in model.layers]
 
 
-@pytest.mark.parametrize("name, batch", [("resnet20", 8), ("resnet50", 2)])
+@pytest.mark.parametrize("name, batch", [("resnet20", 8), pytest.param("resnet50", 2, marks=pytest.mark.slow)])
 def test_folded_graph_equals_unfolded_model(name, batch, rel_diff):
     model = randomize(keras_resnet.get_builder(name)(), seed=1)
     folded = serving_model(model, logits=True)
@@ -87,7 +87,13 @@ def test_a_pad_merges_into_a_pool_only_after_a_relu(relu, rel_diff):
 
 
 @pytest.mark.parametrize(
-    "name, mode", [("resnet50", "caffe"), ("resnet18", "torch"), ("resnet20", "tf"), ("resnet20", "pixel_mean")]
+    "name, mode",
+    [
+        pytest.param("resnet50", "caffe", marks=pytest.mark.slow),
+        ("resnet18", "torch"),
+        ("resnet20", "tf"),
+        ("resnet20", "pixel_mean"),
+    ],
 )
 def test_serving_graph_with_folded_preprocessing_equals_keras(name, mode, rel_diff):
     model = randomize(keras_resnet.get_builder(name)(), seed=4)
