@@ -32,7 +32,6 @@ from keras_resnet.export.stages import mark
 MIN_OPSET = 17
 CALIBRATION_COUNT = 300
 VARIANTS = ("fp16", "int8")
-BATCH_AXIS = "batch"
 FLOAT_HEAD_OPS = ("Softmax", "TopK")
 
 
@@ -69,7 +68,7 @@ def _name_batch_axes(model_proto):
     for value in list(model_proto.graph.input) + list(model_proto.graph.output):
         dim = value.type.tensor_type.shape.dim[0]
         dim.ClearField("dim_value")
-        dim.dim_param = BATCH_AXIS
+        dim.dim_param = onnx_graph.BATCH_AXIS
 
 
 # tf2onnx's optimizer passes rewrite every node's protobuf once per pass; under the upb
@@ -167,8 +166,6 @@ def convert(graph, opset, log=print):
     import onnx
 
     try:
-        if graph.input_offset is None:
-            raise onnx_graph.Unsupported("its preprocessing does not fold into its first conv")
         model_proto = onnx_graph.model_proto(graph.folded, graph.input_offset, top_k=graph.top_k, opset=opset)
     except onnx_graph.Unsupported as reason:
         log(f"ONNX: the network is converted by tf2onnx: {reason}")

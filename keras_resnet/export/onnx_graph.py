@@ -74,6 +74,7 @@ class _Writer:
         self.onnx = onnx
         self.nodes, self.initializers, self.alias = [], [], {}
         self.pending_pads = {}  # conv layer name -> (top, bottom, left, right) of a merged ZeroPadding2D
+        self.consumers = {}  # layer name -> the layers that read its output
 
     def constant(self, name, array):
         self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
@@ -130,11 +131,11 @@ def _conv(writer, layer, inputs, out):
     return _activation(writer, out, config["activation"], conv_out) if conv_out != out else out
 
 
-def _zero_padding(writer, layer, inputs, out, consumers):
+def _zero_padding(writer, layer, inputs, out):
     (top, bottom), (left, right) = layer.padding
     if layer.data_format != "channels_last":
         raise Unsupported(f"ZeroPadding2D {layer.name!r}: only channels_last")
-    readers = consumers.get(layer.name, [])
+    readers = writer.consumers.get(layer.name, [])
     if len(readers) == 1 and type(readers[0]).__name__ == "Conv2D" and readers[0].padding == "valid":
         writer.pending_pads[readers[0].name] = (top, bottom, left, right)  # the conv pads, no copy made
         writer.alias[layer.name] = inputs[0]
@@ -257,6 +258,7 @@ LAYERS = {
     "GlobalMaxPooling2D": _global_pool("GlobalMaxPool"),
     "Dense": _dense,
     "ZeroPadShortcut": _zero_pad_shortcut,
+    "ZeroPadding2D": _zero_padding,
 }
 
 
@@ -264,7 +266,7 @@ def check_supported(model):
     """Raise Unsupported naming the first layer the writer does not know."""
     for layer in model.layers:
         kind = type(layer).__name__
-        if kind not in LAYERS and kind not in ("InputLayer", "ZeroPadding2D"):
+        if kind not in LAYERS and kind != "InputLayer":
             raise Unsupported(f"layer {layer.name!r} is a {kind}, which the direct ONNX writer does not write")
 
 
@@ -274,13 +276,15 @@ def _value_info(name, elem_type, dims):
     return onnx.helper.make_tensor_value_info(name, elem_type, [BATCH_AXIS, *dims])
 
 
-def model_proto(folded, input_offset, *, top_k, opset, graph_name="keras_resnet"):
+def model_proto(folded, input_offset, *, top_k, opset):
     """The onnx.ModelProto of the folded float32 model `folded` (folding.serving_model) after
-    adding `input_offset` (an [H, W, 3] image, or None) to float RGB images in 0..255: outputs
-    `logits`, `probabilities` (softmax), `top_k_classes` (int32) and `top_k_scores`, each
-    with the batch axis `batch`."""
+    adding `input_offset` (an [H, W, 3] image; None, a preprocessing that did not fold, is
+    Unsupported) to float RGB images in 0..255: outputs `logits`, `probabilities` (softmax),
+    `top_k_classes` (int32) and `top_k_scores`, each with the batch axis `batch`."""
     import onnx
 
+    if input_offset is None:
+        raise Unsupported("its preprocessing does not fold into its first conv")
     check_supported(folded)
     config = folded.get_config()
     ends = [_endpoints(config[key]) for key in ("input_layers", "output_layers")]
@@ -289,13 +293,12 @@ def model_proto(folded, input_offset, *, top_k, opset, graph_name="keras_resnet"
     (input_name,), (output_name,) = ends
     layers = {layer.name: layer for layer in folded.layers}
     inbound = {c["name"]: _inbound_layers(c) for c in config["layers"]}
-    consumers = {}
+    writer = _Writer()
     for name, sources in inbound.items():
         for source in sources:
-            consumers.setdefault(source, []).append(layers[name])
-    writer = _Writer()
+            writer.consumers.setdefault(source, []).append(layers[name])
     x = IMAGES
-    if input_offset is not None and np.any(input_offset):
+    if np.any(input_offset):
         x = writer.node("Add", [x, writer.constant("input_offset", np.asarray(input_offset, "float32"))], "offset")
     writer.alias[input_name] = writer.node("Transpose", [x], "images_nchw", perm=list(TO_NCHW))
     for layer_config in config["layers"]:
@@ -304,11 +307,7 @@ def model_proto(folded, input_offset, *, top_k, opset, graph_name="keras_resnet"
             continue
         layer = layers[name]
         inputs = [writer.tensor(source) for source in inbound[name]]
-        write = LAYERS.get(type(layer).__name__)
-        if type(layer).__name__ == "ZeroPadding2D":
-            _zero_padding(writer, layer, inputs, name, consumers)
-        else:
-            write(writer, layer, inputs, name)
+        LAYERS[type(layer).__name__](writer, layer, inputs, name)
     if writer.pending_pads:
         raise Unsupported(f"padding merged into convs that were not written: {sorted(writer.pending_pads)}")
     last = writer.tensor(output_name)
@@ -324,7 +323,7 @@ def model_proto(folded, input_offset, *, top_k, opset, graph_name="keras_resnet"
     float32 = onnx.TensorProto.FLOAT
     graph = onnx.helper.make_graph(
         writer.nodes,
-        graph_name,
+        "keras_resnet",
         [_value_info(IMAGES, float32, [height, width, 3])],
         [
             _value_info("logits", float32, [classes]),

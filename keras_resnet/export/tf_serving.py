@@ -268,7 +268,6 @@ def choose_batching(latencies, num_batch_threads, min_gain=MIN_THROUGHPUT_GAIN, 
 
 def measured_batching(graph, log=print, batch_sizes=CANDIDATE_BATCH_SIZES):
     """BatchingParameters for `graph`'s float signature from its latencies on this machine."""
-
     function = graph.numeric_function()
     latencies = measure_latencies(
         lambda images: function(images)["probabilities"].numpy(), graph.image_size, batch_sizes
