@@ -29,6 +29,11 @@ ROW_FIELDS = ("name", "images_per_s", "p50_ms", "p99_ms", "gflops_per_s", "peak_
 SETTLE_S = 0.05
 NAME_WIDTH = 44  # the longest row name, keras_applications_resnet50_bfloat16_xla, fits
 QUICK_NOTE = " (QUICK: smoke run, figures meaningless)"
+# The vector instructions that decide which kernels run: TensorFlow turns its oneDNN kernels on
+# by default only on a CPU with AVX-512 VNNI (or BF16, AMX), else it runs Eigen's.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+# Settings of the environment that change which kernels run, recorded beside every figure.
+PERFORMANCE_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "XLA_FLAGS", "KERAS_BACKEND")
 
 
 def settings(flag_values, quick, names=()):
@@ -138,16 +143,25 @@ def matmul_gflops(size=4096, dtype="float32", iterations=10, min_call_s=0.1):
     return 2 * count * size**3 / float(np.median(seconds)) / 1e9
 
 
-def cpu_model():
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform's guess."""
+def cpuinfo():
+    """{field: value} of the first processor in /proc/cpuinfo (Linux), else {}."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block ends
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_features(info):
+    """Which of CPU_FEATURES the CPU has ([] where /proc/cpuinfo is not there to say)."""
+    flags = set(info.get("flags", "").split())
+    return [feature for feature in CPU_FEATURES if feature in flags]
 
 
 def gpu_names():
@@ -164,9 +178,13 @@ def gpu_names():
 
 
 def machine():
-    """What a figure was measured on: CPU model, cores this process may use, GPUs."""
+    """What a figure was measured on: CPU model and family, its vector instructions, cores this
+    process may use, GPUs."""
+    info = cpuinfo()
     return {
-        "cpu": cpu_model(),
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family": info.get("cpu family"),
+        "cpu_features": cpu_features(info),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpu": gpu_names(),
         "python": platform.python_version(),
@@ -185,12 +203,19 @@ def versions(*packages):
 
 
 def header():
-    """The facts every JSON result starts with: date, command, machine."""
+    """The facts every JSON result starts with: date, command, machine, and the settings of
+    PERFORMANCE_ENV that were set."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "machine": machine(),
+        "environment": performance_env(),
     }
+
+
+def performance_env():
+    """{name: value} of the PERFORMANCE_ENV variables set in this process's environment."""
+    return {name: os.environ[name] for name in PERFORMANCE_ENV if name in os.environ}
 
 
 def _text(value, spec, suffix=""):
@@ -218,8 +243,10 @@ def print_skipped(skipped):
 
 
 def print_title(line, quick):
-    """The table's title line: what was run, marked as a smoke run under --quick."""
-    print(line + (QUICK_NOTE if quick else ""))
+    """The table's title line: what was run, the PERFORMANCE_ENV settings that were set, marked
+    as a smoke run under --quick."""
+    settings = " ".join(f"{name}={value}" for name, value in performance_env().items())
+    print(line + (f" [{settings}]" if settings else "") + (QUICK_NOTE if quick else ""))
 
 
 def write_result(path, *, packages, quick, rows, **fields):
