@@ -25,6 +25,8 @@ IMAGE_BYTES = "image_bytes"
 FLOAT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serve_image_bytes"
 CLASS_NAMES = "class_names"
+# The float signature's outputs, in the order every format lists them.
+NUMERIC_OUTPUTS = ("logits", "probabilities", "top_k_classes", "top_k_scores")
 # serve_image_bytes' pixel limit, checked in the image header before decoding: 50 megapixels
 # (an 8660 x 5773 photo) decode to 150 MB of RGB; a 316 KB PNG can claim 10000 x 10000.
 MAX_PIXELS = 50_000_000
@@ -171,6 +173,40 @@ def constant_inference(model, values):
     return lambda x: model.stateless_call(trainable, non_trainable, x, training=False)[0]
 
 
+def predict_signature(inputs, outputs):
+    """The SignatureDef TF Serving's Predict API runs: {name: tensor} in and out of a graph."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    def info(tensor):
+        return meta_graph_pb2.TensorInfo(
+            name=tensor.name, dtype=tensor.dtype.as_datatype_enum, tensor_shape=tensor.shape.as_proto()
+        )
+
+    return meta_graph_pb2.SignatureDef(
+        inputs={name: info(tensor) for name, tensor in inputs.items()},
+        outputs={name: info(tensor) for name, tensor in outputs.items()},
+        method_name="tensorflow/serving/predict",
+    )
+
+
+def save_constant_graph(model, directory, signatures):
+    """Save a SavedModel at `directory` as TF Serving loads it: one TensorFlow graph whose
+    weights are `model`'s, each copied into it once as a constant, with a signature def per
+    `signatures` item ({name: build(inference) -> (inputs, outputs)}, each a {name: tensor},
+    `inference` the model as a callable in that graph). Saving traced functions instead copies
+    every weight about a dozen times on its way to disk (BENCHMARKS.md, "Export cost")."""
+    values = weight_values(model)
+    serving = tf.Graph()
+    with serving.as_default():
+        inference = constant_inference(model, values)
+        values.clear()  # the graph holds the only copy
+        definitions = {name: predict_signature(*build(inference)) for name, build in signatures.items()}
+        builder = tf.compat.v1.saved_model.Builder(directory)
+        with tf.compat.v1.Session(graph=serving) as session:
+            builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map=definitions)
+        builder.save()
+
+
 def frozen_inference(model, image_size):
     """`model`'s inference as one TensorFlow function whose weights are constants, not variables.
 
@@ -268,7 +304,7 @@ class ServingGraph:
         logits = (inference or self.frozen_logits())(x)
         probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
-        return {"logits": logits, "probabilities": probabilities, "top_k_classes": classes, "top_k_scores": scores}
+        return dict(zip(NUMERIC_OUTPUTS, (logits, probabilities, classes, scores)))
 
     def serve_images(self, images, inference=None):
         """float RGB [batch, H, W, 3] in 0..255 -> the named outputs, with class names if known;
@@ -277,6 +313,28 @@ class ServingGraph:
         if self.class_names is not None:
             outputs[CLASS_NAMES] = tf.gather(tf.constant(self.class_names), outputs["top_k_classes"])
         return outputs
+
+    def float_entry(self, inference, checked=True):
+        """(inputs, outputs) of the float signature in the graph being built: a placeholder for
+        `images` and `serve_images` over it (`checked=False`: `numeric_outputs`, no asserts)."""
+        images = tf.compat.v1.placeholder(tf.float32, [None, *self.image_size, 3], name=IMAGES)
+        outputs = self.serve_images(images, inference) if checked else self.numeric_outputs(images, inference)
+        return {IMAGES: images}, outputs
+
+    def save_float_signature(self, directory):
+        """A SavedModel at `directory` of the float signature alone, without asserts (TFLite and
+        OpenVINO have no Assert op), its weights constants: what the LiteRT and OpenVINO
+        converters read, naming their input and outputs after it. Read from a traced function,
+        they held several more copies of the weights (BENCHMARKS.md, "Export cost")."""
+        save_constant_graph(
+            self.folded, directory, {FLOAT_SIGNATURE: lambda inference: self.float_entry(inference, checked=False)}
+        )
+        return directory
+
+    def bytes_entry(self, inference):
+        """(inputs, outputs) of the bytes signature in the graph being built."""
+        image_bytes = tf.compat.v1.placeholder(tf.string, [None], name=IMAGE_BYTES)
+        return {IMAGE_BYTES: image_bytes}, self.serve_image_bytes(image_bytes, inference)
 
     def serve_image_bytes(self, image_bytes, inference=None):
         """Encoded images [batch] (what REST's {"b64": ...} carries) -> the named outputs."""

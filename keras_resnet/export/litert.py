@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_resnet.export import publish, variants, verify
 from keras_resnet.export.graph import FLOAT_SIGNATURE, IMAGES, ServingGraph
+from keras_resnet.export.stages import mark
 
 SUFFIX = ".tflite"
 VARIANTS = ("fp16", "dynamic_int8", "int8")
@@ -37,16 +38,6 @@ class LiteRTExport:
     differences: dict
     reports: dict
     accuracy: dict | None = None
-
-
-def _float_signature_dir(graph, directory):
-    """A SavedModel in `directory` holding only the float signature: the converter names the
-    .tflite signature, its input and its outputs after it."""
-    import tensorflow as tf
-
-    function = graph.numeric_function()
-    tf.saved_model.save(tf.Module(), directory, signatures={FLOAT_SIGNATURE: function.get_concrete_function()})
-    return directory
 
 
 def converter(saved_model_dir, tag, calibration_images=None):
@@ -69,8 +60,10 @@ def converter(saved_model_dir, tag, calibration_images=None):
 def convert(graph, tags, calibration_images=None):
     """{tag: .tflite bytes} of the graph's float signature for each tag."""
     with tempfile.TemporaryDirectory() as directory:
-        saved_model_dir = _float_signature_dir(graph, os.path.join(directory, "float_signature"))
-        return {tag: converter(saved_model_dir, tag, calibration_images).convert() for tag in tags}
+        saved_model_dir = graph.save_float_signature(os.path.join(directory, "float_signature"))
+        converted = {tag: converter(saved_model_dir, tag, calibration_images).convert() for tag in tags}
+    mark("convert")
+    return converted
 
 
 def runner(path, num_threads=None):

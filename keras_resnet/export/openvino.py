@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 
 import numpy as np
 
 from keras_resnet.export import publish, variants, verify
-from keras_resnet.export.graph import ServingGraph
+from keras_resnet.export.graph import NUMERIC_OUTPUTS, ServingGraph
+from keras_resnet.export.stages import mark
 
 SUFFIX = ".xml"
 VARIANTS = ("int8",)
@@ -46,10 +48,16 @@ def weights_path(xml_path):
 
 
 def convert(graph):
-    """The graph's float signature as an openvino.Model, inputs and outputs named as it names them."""
+    """The graph's float signature as an openvino.Model, inputs and outputs named as it names
+    them, the outputs in its order (logits, probabilities, top_k_classes, top_k_scores)."""
     import openvino
 
-    return openvino.convert_model(graph.numeric_function())
+    with tempfile.TemporaryDirectory() as directory:
+        model = openvino.convert_model(graph.save_float_signature(os.path.join(directory, "float_signature")))
+    result_of = {output.get_any_name(): result for output, result in zip(model.outputs, model.get_results())}
+    results = [result_of[name] for name in NUMERIC_OUTPUTS]
+    mark("convert")
+    return openvino.Model(results, model.get_parameters(), model.get_friendly_name())
 
 
 def quantize(model, calibration_images, batch_size=1):

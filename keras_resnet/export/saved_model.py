@@ -19,12 +19,10 @@ from keras_resnet.export import publish, sources, staging, tf_serving, verify
 from keras_resnet.export.graph import (
     BYTES_SIGNATURE,
     FLOAT_SIGNATURE,
-    IMAGE_BYTES,
-    IMAGES,
     MAX_PIXELS,
+    NUMERIC_OUTPUTS,
     ServingGraph,
-    constant_inference,
-    weight_values,
+    save_constant_graph,
 )
 from keras_resnet.run_dir import is_url
 
@@ -87,8 +85,7 @@ def serving_facts(graph):
         "signatures": {
             FLOAT_SIGNATURE: ["images"],
             BYTES_SIGNATURE: ["image_bytes"],
-            "outputs": ["logits", "probabilities", "top_k_classes", "top_k_scores"]
-            + (["class_names"] if graph.class_names is not None else []),
+            "outputs": list(NUMERIC_OUTPUTS) + (["class_names"] if graph.class_names is not None else []),
             "top_k": graph.top_k,
         },
         "preprocessing": {
@@ -148,50 +145,13 @@ def check_same_task(model_base, facts):
         )
 
 
-def predict_signature(inputs, outputs):
-    """The SignatureDef TF Serving's Predict API runs: {name: tensor} in and out of a graph."""
-    from tensorflow.core.protobuf import meta_graph_pb2
-
-    def info(tensor):
-        return meta_graph_pb2.TensorInfo(
-            name=tensor.name, dtype=tensor.dtype.as_datatype_enum, tensor_shape=tensor.shape.as_proto()
-        )
-
-    return meta_graph_pb2.SignatureDef(
-        inputs={name: info(tensor) for name, tensor in inputs.items()},
-        outputs={name: info(tensor) for name, tensor in outputs.items()},
-        method_name="tensorflow/serving/predict",
-    )
-
-
 def write_saved_model(graph, directory, model_name, warmup_batch_sizes=(1,)):
-    """Write the two signatures (over the folded model), the warm-up records (one request per
-    signature and batch size) and the facts.
-
-    The signatures are one TensorFlow graph whose weights are its constants, saved as TF
-    Serving loads it (a MetaGraph with signature defs, no variables): each weight is copied
-    into it once, where saving traced functions copies every weight about a dozen times on
-    its way to disk (BENCHMARKS.md, "Export cost")."""
-    import tensorflow as tf
-
-    values = weight_values(graph.folded)
-    serving = tf.Graph()
-    with serving.as_default():
-        inference = constant_inference(graph.folded, values)
-        values.clear()  # the graph holds the only copy
-        images = tf.compat.v1.placeholder(tf.float32, [None, *graph.image_size, 3], name=IMAGES)
-        image_bytes = tf.compat.v1.placeholder(tf.string, [None], name=IMAGE_BYTES)
-        signatures = {
-            FLOAT_SIGNATURE: predict_signature({IMAGES: images}, graph.serve_images(images, inference)),
-            BYTES_SIGNATURE: predict_signature(
-                {IMAGE_BYTES: image_bytes}, graph.serve_image_bytes(image_bytes, inference)
-            ),
-        }
-        builder = tf.compat.v1.saved_model.Builder(directory)
-        with tf.compat.v1.Session(graph=serving) as session:
-            builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map=signatures)
-        builder.save()
-    del serving
+    """Write the two signatures over the folded model (one graph whose weights are its
+    constants, as TF Serving loads it: `graph.save_constant_graph`), the warm-up records (one
+    request per signature and batch size) and the facts."""
+    save_constant_graph(
+        graph.folded, directory, {FLOAT_SIGNATURE: graph.float_entry, BYTES_SIGNATURE: graph.bytes_entry}
+    )
     tf_serving.write_warmup(directory, model_name, graph.image_size, warmup_batch_sizes)
     sources.write_record(directory, graph.source)
     with open(os.path.join(directory, SERVING_FACTS), "w") as f:
