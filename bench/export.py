@@ -8,8 +8,10 @@ keras.applications user runs instead on the same network, in the same run.
 Every row is a fresh process (the export command as a user runs it, or the peer's few lines),
 started alone, so no row's memory or caches carry into another. Its tree (the process and
 every child it starts: the SavedModel's verification, the ONNX conversion) is polled every
-POLL_S seconds: `peak_rss_mb` is the largest *sum* of the tree's resident memory seen at one
-poll (what the machine must have free), `peak_single_mb` the largest single process. Exporters
+POLL_S seconds: `peak_rss_mb` is the largest *sum* over the tree seen at one poll (what the
+machine must have free: the process's resident memory and each child's unique memory, so a
+fork that shares its parent's pages until it execs is not counted twice), `peak_single_mb` the
+largest single process. Exporters
 run with KERAS_RESNET_STAGE_MARKS=1 and report, as each stage ends, seconds since start and the
 process's resident and peak memory (keras_resnet/export/stages.py): `stages`.
 
@@ -71,20 +73,24 @@ else:
 
 
 def tree_memory(root):
-    """(sum, largest) resident MB over the process `root` and its descendants, read from /proc."""
+    """(sum, largest) MB over the process `root` and its descendants, read from /proc: the
+    root's resident memory, each descendant's unique memory (what it alone holds). A child
+    forked to run a command shares every page of its parent until it execs it, and by
+    resident memory it would count the parent twice; an exec'd child (the SavedModel's
+    verification) holds its own pages, and only shares the libraries' file pages."""
     import psutil
 
     try:
-        processes = [root, *root.children(recursive=True)]
+        children = root.children(recursive=True)
+        sizes = [root.memory_info().rss / 2**20]
     except psutil.Error:
         return 0.0, 0.0
-    sizes = []
-    for process in processes:
+    for child in children:
         try:
-            sizes.append(process.memory_info().rss / 2**20)
+            sizes.append(child.memory_full_info().uss / 2**20)
         except psutil.Error:
             pass
-    return sum(sizes), max(sizes, default=0.0)
+    return sum(sizes), max(sizes)
 
 
 def measured_run(command, env, timeout):
@@ -265,7 +271,7 @@ def main(argv):
             quick=FLAGS.quick,
             rows=rows,
             poll_s=POLL_S,
-            peak="peak_rss_mb: largest sum of resident memory over the process tree at one poll",
+            peak="peak_rss_mb: largest sum over the process tree at one poll (the process resident, each child unique)",
         )
 
 

@@ -143,7 +143,9 @@ def check_rows(payload, expected):
 
 def check_header(payload):
     assert {"date", "command", "machine", "versions"} <= set(payload)
-    assert {"cpu", "cores", "gpu"} <= set(payload["machine"])
+    assert {"cpu", "cores", "gpu", "cpu_family", "cpu_features"} <= set(payload["machine"])
+    assert set(payload["machine"]["cpu_features"]) <= {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"}
+    assert isinstance(payload["environment"], dict)
 
 
 def test_inference(runs):
@@ -187,7 +189,7 @@ def test_train_step(runs):
 def test_gpu_script_under_jax_without_tensorflow(runs):
     payload, _ = result(runs, "gpu")
     check_header(payload)
-    assert payload["backend"] == "jax"
+    assert payload["backend"] == "jax" and payload["environment"]["KERAS_BACKEND"] == "jax"
     rows = check_rows(payload, GPU_KERAS_ROWS)
     for name in GPU_TORCH_ROWS:
         assert name in rows or name in payload["skipped"], f"{name} neither ran nor says why it was skipped"
@@ -271,3 +273,44 @@ def test_profile_summary_of_real_gpu_traces(row, wall_ms):
     assert 0.6 * wall_ms < busy < wall_ms
     assert 1 / 3 < summary["convolution_ms_per_call"] / busy < 0.8
     assert 100 < summary["gpu_operations_per_call"] < 400
+
+
+FORKS_HOLDING_200_MB = """
+import os, sys, time
+held = bytearray(200 * 2**20)  # touched: resident
+for i in range(0, len(held), 4096):
+    held[i] = 1
+if os.fork() == 0:  # a child that shares every page, as one forked to run a command does before exec
+    time.sleep(60)
+    os._exit(0)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_export_tree_counts_a_forked_child_once():
+    """A fork shares its parent's pages: the tree is the parent's 200 MB once, not twice."""
+    import importlib.util
+
+    import psutil
+
+    spec = importlib.util.spec_from_file_location("bench_export", os.path.join(BENCH, "export.py"))
+    export_bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, BENCH)  # its sibling `timing`, as when run as a script
+    try:
+        spec.loader.exec_module(export_bench)
+    finally:
+        sys.path.remove(BENCH)
+    process = subprocess.Popen([sys.executable, "-c", FORKS_HOLDING_200_MB], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        root = psutil.Process(process.pid)
+        (child,) = root.children()
+        assert child.memory_info().rss / 2**20 > 200  # by resident memory it would count twice
+        total, largest = export_bench.tree_memory(root)
+        assert 200 < total < 260 and largest == pytest.approx(root.memory_info().rss / 2**20, rel=0.05)
+    finally:
+        for child in psutil.Process(process.pid).children():
+            child.kill()
+        process.kill()
+        process.wait()
