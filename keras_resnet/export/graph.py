@@ -321,13 +321,14 @@ class ServingGraph:
         outputs = self.serve_images(images, inference) if checked else self.numeric_outputs(images, inference)
         return {IMAGES: images}, outputs
 
-    def save_float_signature(self, directory):
-        """A SavedModel at `directory` of the float signature alone, without asserts (TFLite and
-        OpenVINO have no Assert op), its weights constants: what the LiteRT and OpenVINO
-        converters read, naming their input and outputs after it. Read from a traced function,
-        they held several more copies of the weights (BENCHMARKS.md, "Export cost")."""
+    def save_float_signature(self, directory, checked=False):
+        """A SavedModel at `directory` of the float signature alone, its weights constants:
+        without asserts (TFLite and OpenVINO have no Assert op), what the LiteRT and OpenVINO
+        converters read, naming their input and outputs after it (read from a traced function,
+        they held several more copies of the weights: BENCHMARKS.md, "Export cost");
+        `checked=True`: with them, as the SavedModel export serves it."""
         save_constant_graph(
-            self.folded, directory, {FLOAT_SIGNATURE: lambda inference: self.float_entry(inference, checked=False)}
+            self.folded, directory, {FLOAT_SIGNATURE: lambda inference: self.float_entry(inference, checked)}
         )
         return directory
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import time
+import tempfile
 import unicodedata
 
 import numpy as np
@@ -26,6 +26,7 @@ MODELS_CONFIG = "models.config"
 BATCHING_PARAMETERS = "batching_parameters.txt"
 CANDIDATE_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MIN_THROUGHPUT_GAIN = 1.1
+LATENCY_REPEATS = 5  # timed calls per batch size, after an untimed one
 MAX_BATCH_TIMEOUT_S = 0.01
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -225,22 +226,6 @@ def batching_parameters_class():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
 
 
-def measure_latencies(run, image_size, batch_sizes=CANDIDATE_BATCH_SIZES, repeats=5):
-    """{batch size: median seconds} of `run(images)` on gray images at each batch size, after
-    one untimed call per size."""
-    latencies = {}
-    for batch_size in batch_sizes:
-        images = np.full((batch_size, *image_size, 3), 128.0, dtype="float32")
-        run(images)
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(images)
-            seconds.append(time.perf_counter() - start)
-        latencies[batch_size] = float(np.median(seconds))
-    return latencies
-
-
 def choose_batching(latencies, num_batch_threads, min_gain=MIN_THROUGHPUT_GAIN, max_timeout_s=MAX_BATCH_TIMEOUT_S):
     """BatchingParameters from measured latencies ({batch size: seconds per call}).
 
@@ -267,11 +252,19 @@ def choose_batching(latencies, num_batch_threads, min_gain=MIN_THROUGHPUT_GAIN, 
 
 
 def measured_batching(graph, log=print, batch_sizes=CANDIDATE_BATCH_SIZES):
-    """BatchingParameters for `graph`'s float signature from its latencies on this machine."""
-    function = graph.numeric_function()
-    latencies = measure_latencies(
-        lambda images: function(images)["probabilities"].numpy(), graph.image_size, batch_sizes
-    )
+    """BatchingParameters for `graph`'s float signature from its latencies on this machine,
+    measured as TF Serving runs it: the signature saved as the export saves it, loaded in a
+    new process (whose memory, activations of the largest batch included, goes back to the
+    system when it ends), each batch size of gray images timed LATENCY_REPEATS times."""
+    from keras_resnet.export import verify
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = graph.save_float_signature(os.path.join(directory, FLOAT_SIGNATURE), checked=True)
+        calls = [
+            (FLOAT_SIGNATURE, {IMAGES: np.full((size, *graph.image_size, 3), 128.0, dtype="float32")})
+            for size in batch_sizes
+        ]
+        latencies = dict(zip(batch_sizes, verify.signature_seconds(path, calls, repeats=LATENCY_REPEATS)))
     log(
         "batching: measured "
         + ", ".join(

@@ -257,21 +257,22 @@ def check_reduced_precision(label, report, *, max_logits=None, min_agreement=Non
 
 
 # The SavedModel loaded as TF Serving loads it: its MetaGraph into a TensorFlow 1 session,
-# each signature run by feeding and fetching the tensors its signature def names.
+# each signature run by feeding and fetching the tensors its signature def names. With
+# `repeats`, each call then runs that many times more, timed: the median seconds of each.
 _RUNNER = textwrap.dedent(
     """
-    import pickle, sys
+    import pickle, statistics, sys, time
     import tensorflow as tf
 
     def main(model_path, calls_path, results_path):
         with open(calls_path, "rb") as f:
-            calls = pickle.load(f)
+            request = pickle.load(f)
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         with graph.as_default():
             signatures = tf.compat.v1.saved_model.load(session, [tf.saved_model.SERVING], model_path).signature_def
-        results = []
-        for signature, inputs in calls:
+        results, seconds = [], []
+        for signature, inputs in request["calls"]:
             try:
                 definition = signatures[signature]
                 feeds = {definition.inputs[name].name: value for name, value in inputs.items()}
@@ -279,23 +280,31 @@ _RUNNER = textwrap.dedent(
                 results.append(session.run(fetches, feeds))
             except (tf.errors.OpError, KeyError, ValueError, TypeError) as error:
                 results.append(f"{type(error).__name__}: {error}")
+                seconds.append(None)
+                continue
+            times = []
+            for _ in range(request["repeats"]):
+                start = time.perf_counter()
+                session.run(fetches, feeds)
+                times.append(time.perf_counter() - start)
+            seconds.append(statistics.median(times) if times else None)
         imported = sorted(m for m in sys.modules if m.split(".")[0] == "keras_resnet")
         with open(results_path, "wb") as f:
-            pickle.dump({"results": results, "imported": imported}, f)
+            pickle.dump({"results": results, "seconds": seconds, "imported": imported}, f)
 
     main(*sys.argv[1:])
     """
 )
 
 
-def run_signatures(model_path, calls, timeout=600):
-    """Run [(signature name, {input name: array})] on a SavedModel in a new Python process that
-    imports TensorFlow and not keras_resnet. Each result is a dict of outputs, or the error text the signature
-    raised. Raises VerificationError if that process dies or imported keras_resnet."""
+def _run_in_new_process(model_path, calls, repeats, timeout):
+    """The runner's answer for [(signature name, {input name: array})] on the SavedModel at
+    `model_path`, in a new Python process that imports TensorFlow and not keras_resnet.
+    Raises VerificationError if that process dies or imported keras_resnet."""
     with tempfile.TemporaryDirectory() as scratch:
         calls_path, results_path = os.path.join(scratch, "calls.pkl"), os.path.join(scratch, "results.pkl")
         with open(calls_path, "wb") as f:
-            pickle.dump(list(calls), f)
+            pickle.dump({"calls": list(calls), "repeats": repeats}, f)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
         process = subprocess.run(
             [sys.executable, "-c", _RUNNER, os.path.abspath(model_path), calls_path, results_path],
@@ -313,7 +322,25 @@ def run_signatures(model_path, calls, timeout=600):
             answer = pickle.load(f)
     if answer["imported"]:
         raise VerificationError(f"loading the SavedModel imported {answer['imported'][:3]}: it must stand alone")
-    return answer["results"]
+    return answer
+
+
+def run_signatures(model_path, calls, timeout=600):
+    """Run [(signature name, {input name: array})] on a SavedModel loaded as TF Serving loads
+    it, in a new process (`_run_in_new_process`). Each result is a dict of outputs, or the
+    error text the signature raised."""
+    return _run_in_new_process(model_path, calls, 0, timeout)["results"]
+
+
+def signature_seconds(model_path, calls, repeats=5, timeout=3600):
+    """Median seconds of each of [(signature name, {input name: array})] on a SavedModel loaded
+    as TF Serving loads it, in a new process, after one untimed call each: what a server of it
+    spends per request on this machine. Raises VerificationError if a call fails."""
+    answer = _run_in_new_process(model_path, calls, repeats, timeout)
+    for (signature, _), result in zip(calls, answer["results"]):
+        if isinstance(result, str):
+            raise VerificationError(f"{signature} failed in the loaded SavedModel: {result}")
+    return answer["seconds"]
 
 
 def encode_png(image):
@@ -356,7 +383,6 @@ def verify_saved_model(path, graph, reference=None, *, batch_sizes=BATCH_SIZES, 
     mark("convert")  # the SavedModel is written
     reference = reference or Reference(graph.source)
     whole, crops = verification_set(graph, max(batch_sizes))
-    expected = reference.logits(crops)
     encoded = np.array([encode_png(image) for image in whole], dtype=object)
     cases = []
     for batch_size in batch_sizes:
@@ -365,6 +391,7 @@ def verify_saved_model(path, graph, reference=None, *, batch_sizes=BATCH_SIZES, 
             (f"{BYTES_SIGNATURE}@{batch_size}", batch_size, (BYTES_SIGNATURE, {IMAGE_BYTES: encoded[:batch_size]}))
         )
     results = run_signatures(path, [call for _, _, call in cases])
+    expected = reference.logits(crops)  # after the load: its process and the float64 twin never coexist
     report = {}
     for (label, batch_size, _), outputs in zip(cases, results):
         if isinstance(outputs, str):
