@@ -390,6 +390,19 @@ def test_near_tied_classes_of_an_untrained_net_do_not_fail_a_faithful_export():
         verify.check_float32("tempered", verify.float32_distances(exported_logits, tempered, reference))
 
 
+def test_latencies_are_timed_in_the_loaded_saved_model_and_a_failing_call_is_named(exported):
+    """What --batching measures: each call's median over its timed repeats, in a new process
+    that loads the version as TF Serving does; a call the signature refuses is an error."""
+    gray = lambda size: {"images": np.full((size, 32, 32, 3), 128.0, dtype="float32")}  # noqa: E731
+    seconds = verify.signature_seconds(
+        exported["result"].path, [("serving_default", gray(1)), ("serving_default", gray(4))]
+    )
+    assert len(seconds) == 2 and all(value > 0 for value in seconds)
+    too_large = {"images": np.full((1, 40, 40, 3), 128.0, dtype="float32")}
+    with pytest.raises(verify.VerificationError, match="serving_default failed in the loaded SavedModel"):
+        verify.signature_seconds(exported["result"].path, [("serving_default", too_large)], repeats=1)
+
+
 def test_failed_verification_leaves_no_version_dir(exported, tmp_path, monkeypatch):
     def fail_after_writing(path, graph, *args, **kwargs):
         assert os.path.isfile(os.path.join(path, "saved_model.pb"))  # the files were written
