@@ -178,12 +178,13 @@ def gpu_names():
 
 
 def machine():
-    """What a figure was measured on: CPU model and family, its vector instructions, cores this
-    process may use, GPUs."""
+    """What a figure was measured on: CPU model, family and model number, its vector
+    instructions, cores this process may use, GPUs."""
     info = cpuinfo()
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
         "cpu_family": info.get("cpu family"),
+        "cpu_model_number": info.get("model"),  # one family spans generations (AMD 25: Zen 3 and Zen 4)
         "cpu_features": cpu_features(info),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpu": gpu_names(),

@@ -143,7 +143,7 @@ def check_rows(payload, expected):
 
 def check_header(payload):
     assert {"date", "command", "machine", "versions"} <= set(payload)
-    assert {"cpu", "cores", "gpu", "cpu_family", "cpu_features"} <= set(payload["machine"])
+    assert {"cpu", "cores", "gpu", "cpu_family", "cpu_model_number", "cpu_features"} <= set(payload["machine"])
     assert set(payload["machine"]["cpu_features"]) <= {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"}
     assert isinstance(payload["environment"], dict)
 

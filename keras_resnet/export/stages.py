@@ -2,16 +2,16 @@
 
 With KERAS_RESNET_STAGE_MARKS=1 in the environment, `mark(stage)` writes one line to stderr
 when an export stage ends: its name, seconds since the process started, the process's
-resident memory now and its peak so far (VmRSS / VmHWM of /proc/self/status, Linux), and the
-peak of the children it waited for (getrusage's ru_maxrss: the largest single child, e.g.
-the SavedModel's fresh verification process). Without the variable it does nothing.
+resident memory now and its peak so far (VmRSS / VmHWM of /proc/self/status, Linux). Children
+are not counted here: a forked child's peak (getrusage) includes the parent's pages it shared
+until it exec'd, so bench/export.py measures the process tree itself. Without the variable it
+does nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 
@@ -56,7 +56,6 @@ def mark(stage):
         "seconds": round(_process_seconds(), 3),
         "rss_mb": None if rss is None else round(rss / 1024, 1),
         "peak_mb": None if hwm is None else round(hwm / 1024, 1),
-        "children_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     print(PREFIX + json.dumps(line), file=sys.stderr, flush=True)
 
