@@ -39,7 +39,7 @@ preprocess_input to its caller); the exporter's graphs take RGB 0..255 and carry
 preprocessing (and softmax, top-k) inside, as they serve. Kernels are random, the BN
 layers those of a trained net (keras_resnet.testing.with_trained_statistics on scikit-learn's
 bundled photos: untrained BNs fold into zero biases, which TensorFlow's constant folding would
-drop from the frozen SavedModel graph); the int8 copy is calibrated on random images (its
+drop from a graph of constants); the int8 copy is calibrated on random images (its
 accuracy is the exporter's report on real data).
 
     python bench/inference.py --json /tmp/inference.json
@@ -209,7 +209,7 @@ def keras_binders(prefix, model, mode):
 
 
 def export_saved_model_file(source, directory, reference):
-    """The exporter's SavedModel (folded, frozen, preprocessing inside): its version dir.
+    """The exporter's SavedModel (folded, preprocessing inside): its version dir.
     crop_fraction=1.0 only changes the bytes signature, which is not timed here."""
     from keras_resnet.export.saved_model import export_saved_model
 

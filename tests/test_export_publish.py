@@ -78,6 +78,7 @@ def test_a_keras_file_named_with_spaces_and_accents_is_served_under_a_valid_name
     docker = next(line for line in process.stdout.splitlines() if "docker run" in line)
     words = shlex.split(docker.rstrip("\\"))
     assert words[words.index("-v") + 1] == f"{base}:/models"
+    assert words[words.index("-e") + 1] == "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1"  # the served weights are variables
 
 
 def test_a_model_name_that_is_no_directory_name_is_refused_naming_a_valid_one():

@@ -4,6 +4,7 @@ bad requests answered with errors; saved_model_cli; warm-up; versions; atomicity
 exporter at a time; leftovers of killed exports; bad input."""
 
 import dataclasses
+import glob
 import io
 import os
 import pickle
@@ -294,7 +295,12 @@ def test_saved_model_cli_lists_both_signatures(exported):
         assert "Method name is: tensorflow/serving/predict" in block
     ops = text.split("contains the following ops:")[1].split("\n")[0]
     assert "Conv2D" in ops and "FusedBatchNorm" not in ops  # BN folded into the convs
-    assert "ReadVariableOp" not in ops and "VarHandleOp" not in ops  # weights frozen: oneDNN caches them
+    # The weights live once, in the checkpoint TF Serving restores: a session copies a graph's
+    # constants into each signature's executor.
+    assert "VarHandleOp" in ops
+    version = exported["result"].path
+    weights = sum(os.path.getsize(path) for path in glob.glob(os.path.join(version, "variables", "variables.data-*")))
+    assert os.path.getsize(os.path.join(version, "saved_model.pb")) < weights / 4
 
 
 def test_warmup_records_parse_as_prediction_logs_naming_existing_signatures(exported):
@@ -572,3 +578,16 @@ def test_a_read_only_base_path_fails_before_the_model_is_loaded(tmp_path):
         assert re.search(rf"cannot write under '{base}' \(.+\): choose a writable --base_path", process.stderr)
         assert "absent" not in process.stderr  # refused before the model dir was even looked at
         assert os.listdir(base) == []
+
+
+def test_a_released_graph_refuses_to_write_again_and_keeps_the_source_network(exported, tmp_path):
+    """Once an export's files are written its folded net is dropped (the checks read the files
+    and the source), so a second write through it is an error that says why."""
+    from keras_resnet.export.graph import ServingGraph
+
+    graph = ServingGraph(sources.ModelSource(exported["model"], "tf"))
+    graph.release()
+    with pytest.raises(RuntimeError, match="released once the export's files were written"):
+        graph.save_float_signature(str(tmp_path / "again"))
+    assert not (tmp_path / "again").exists()
+    assert graph.source.model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).shape == (1, 10)

@@ -5,6 +5,7 @@ the main body they share."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
@@ -209,6 +210,12 @@ def export_from_flags(argv, check, export, **options):
     message. Returns what `export` returns."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Read at TensorFlow's first allocation: oneDNN's own allocator pools freed tensors for the
+    # process's life, so the folded net an export drops once its files are written
+    # (ServingGraph.release) would stay in memory beside the check's process.
+    from keras_resnet.export.graph import SYSTEM_ALLOCATOR
+
+    os.environ.setdefault(SYSTEM_ALLOCATOR, "1")
     logging.set_verbosity(logging.WARNING)  # the converters log every step at INFO
     exit_on_error(check)
     source = exit_on_error(source_from_flags)

@@ -2,8 +2,9 @@
 
 float RGB images in 0..255 -> the run's preprocessing -> the folded float32 net (folding.py:
 BN in the convs, the preprocessing's channel order and scale in the first conv, so only its
-offset is added in front), its weights frozen into constants -> logits, softmax
-probabilities, top-k classes and scores (and class names when known).
+offset is added in front) -> logits, softmax probabilities, top-k classes and scores (and
+class names when known). The SavedModel reads the weights from variables, as TF Serving loads
+them in least memory; converters (LiteRT, OpenVINO, tf2onnx) read them as constants.
 The bytes entry point first takes each image's centre view inside the graph, with the very
 function the evaluation pipeline uses (keras_resnet.data.views.center_view), so a served
 image gets the pixels the evaluated model saw. The SavedModel's entry points refuse a bad
@@ -12,6 +13,8 @@ with an InvalidArgumentError that names it: an error status in TF Serving, never
 """
 
 from __future__ import annotations
+
+import gc
 
 import numpy as np
 import tensorflow as tf
@@ -173,6 +176,27 @@ def constant_inference(model, values):
     return lambda x: model.stateless_call(trainable, non_trainable, x, training=False)[0]
 
 
+def variable_inference(model, values):
+    """(`model`'s inference in the graph being built, reading its weights from resource
+    variables, and the feed that initializes them): the initial values are fed to
+    placeholders, not stored, so the graph holds no copy of `values` (weight_values)."""
+    feed, groups = {}, []
+    for group in values:
+        variables = []
+        for value in group:
+            initial = tf.compat.v1.placeholder(value.dtype, value.shape)
+            feed[initial] = value
+            variables.append(tf.Variable(initial, trainable=False))
+        groups.append(variables)
+    trainable, non_trainable = groups
+
+    def inference(x):
+        read = lambda group: [variable.read_value() for variable in group]  # noqa: E731
+        return model.stateless_call(read(trainable), read(non_trainable), x, training=False)[0]
+
+    return inference, feed
+
+
 def predict_signature(inputs, outputs):
     """The SignatureDef TF Serving's Predict API runs: {name: tensor} in and out of a graph."""
     from tensorflow.core.protobuf import meta_graph_pb2
@@ -189,32 +213,35 @@ def predict_signature(inputs, outputs):
     )
 
 
-def save_constant_graph(model, directory, signatures):
-    """Save a SavedModel at `directory` as TF Serving loads it: one TensorFlow graph whose
-    weights are `model`'s, each copied into it once as a constant, with a signature def per
-    `signatures` item ({name: build(inference) -> (inputs, outputs)}, each a {name: tensor},
-    `inference` the model as a callable in that graph). Saving traced functions instead copies
-    every weight about a dozen times on its way to disk (BENCHMARKS.md, "Export cost")."""
+def save_serving_graph(model, directory, signatures, *, frozen):
+    """Save a SavedModel at `directory` as TF Serving loads it: one TensorFlow graph over
+    `model`'s weights, with a signature def per `signatures` item ({name: build(inference) ->
+    (inputs, outputs)}, each a {name: tensor}, `inference` the model as a callable in that
+    graph). Saving traced functions instead copies every weight about a dozen times on its way
+    to disk (BENCHMARKS.md, "Export cost").
+
+    `frozen`: the weights are constants of the graph, what converters read (LiteRT, OpenVINO).
+    Else variables restored from the SavedModel's checkpoint, what TF Serving should load: a
+    session copies a constant into every signature's executor (ResNet-152's two signatures
+    load in 4.7 GB as constants, 1.1 GB as variables; BENCHMARKS.md, "Export cost")."""
     values = weight_values(model)
     serving = tf.Graph()
     with serving.as_default():
-        inference = constant_inference(model, values)
-        values.clear()  # the graph holds the only copy
+        inference, feed = (constant_inference(model, values), {}) if frozen else variable_inference(model, values)
+        values.clear()  # the graph's constants, or the feed until the variables are set, hold them
         definitions = {name: predict_signature(*build(inference)) for name, build in signatures.items()}
         builder = tf.compat.v1.saved_model.Builder(directory)
         with tf.compat.v1.Session(graph=serving) as session:
+            session.run(tf.compat.v1.global_variables_initializer(), feed)
+            feed.clear()  # the session's variables hold the only copy
             builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map=definitions)
         builder.save()
 
 
 def frozen_inference(model, image_size):
-    """`model`'s inference as one TensorFlow function whose weights are constants, not variables.
-
-    TensorFlow's oneDNN convolutions keep their re-laid-out kernels between calls only when
-    the kernel is a constant; read from a variable, every kernel is re-laid out on every call.
-    Frozen, the served graph skips that work on every request (BENCHMARKS.md, Findings).
-    Traced with the weights as constants from the start: freezing a traced function's
-    variables afterwards copies them about ten times.
+    """`model`'s inference as one TensorFlow function whose weights are constants, what
+    tf2onnx converts. Traced with the weights as constants from the start: freezing a traced
+    function's variables afterwards copies them about ten times.
     """
     values = weight_values(model)
 
@@ -227,8 +254,27 @@ def frozen_inference(model, image_size):
     return lambda x: frozen(tf.convert_to_tensor(x, tf.float32))
 
 
+# Set in an exporter's environment (cli.export_from_flags): oneDNN's own allocator pools freed
+# tensors for the process's life, so memory an export frees would never go back to the system.
+SYSTEM_ALLOCATOR = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"
+
+
+def return_free_memory():
+    """Hand the heap's free pages back to the system (glibc's malloc_trim): TensorFlow frees a
+    tensor into the allocating thread's arena, where it stays counted in the process's memory.
+    Nothing to do where the C library has no malloc_trim (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return
+    trim(0)
+
+
 class ServingGraph:
-    """The two entry points over one folded, frozen model (no variables to track or save).
+    """The two entry points over one folded model.
     `merge_pools=False` keeps each max pool's zero padding as its own op (LiteRT lacks the merged form)."""
 
     def __init__(self, source, *, top_k=None, crop_fraction=None, max_pixels=MAX_PIXELS, merge_pools=True):
@@ -255,7 +301,7 @@ class ServingGraph:
         order, scale, shift = channel_affine(source.preprocess_mode, source.mean)
         foldable = input_conv(source.model) is not None
         affine = (order, scale) if foldable else None
-        self.folded = serving_model(source.model, logits=True, input_affine=affine, merge_pools=merge_pools)
+        self._folded = serving_model(source.model, logits=True, input_affine=affine, merge_pools=merge_pools)
         mark("fold")
         self._frozen = None
         # A whole image, not 3 values: onnxruntime broadcasts a 3-vector over NHWC images
@@ -269,6 +315,21 @@ class ServingGraph:
         self.max_pixels = max_pixels
         self.image_size = source.image_size
         self.class_names = source.class_names
+
+    @property
+    def folded(self):
+        """The folded Keras net the files are written from."""
+        if self._folded is None:
+            raise RuntimeError("the folded net was released once the export's files were written")
+        return self._folded
+
+    def release(self):
+        """Drop the folded net and its frozen trace once every file is written (the checks read
+        the files and the source's network) and give their memory back to the system before a
+        check's process starts beside this one."""
+        self._folded = self._frozen = None
+        gc.collect()
+        return_free_memory()
 
     def frozen_logits(self):
         """The folded net's inference with its weights frozen into constants, traced on the
@@ -321,14 +382,17 @@ class ServingGraph:
         outputs = self.serve_images(images, inference) if checked else self.numeric_outputs(images, inference)
         return {IMAGES: images}, outputs
 
-    def save_float_signature(self, directory, checked=False):
-        """A SavedModel at `directory` of the float signature alone, its weights constants:
-        without asserts (TFLite and OpenVINO have no Assert op), what the LiteRT and OpenVINO
+    def save_float_signature(self, directory, as_served=False):
+        """A SavedModel at `directory` of the float signature alone: its weights constants and
+        no asserts (TFLite and OpenVINO have no Assert op), what the LiteRT and OpenVINO
         converters read, naming their input and outputs after it (read from a traced function,
         they held several more copies of the weights: BENCHMARKS.md, "Export cost");
-        `checked=True`: with them, as the SavedModel export serves it."""
-        save_constant_graph(
-            self.folded, directory, {FLOAT_SIGNATURE: lambda inference: self.float_entry(inference, checked)}
+        `as_served=True`: as the SavedModel export writes it (variables, asserts), to time it."""
+        save_serving_graph(
+            self.folded,
+            directory,
+            {FLOAT_SIGNATURE: lambda inference: self.float_entry(inference, checked=as_served)},
+            frozen=not as_served,
         )
         return directory
 

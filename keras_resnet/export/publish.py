@@ -234,6 +234,7 @@ def publish(
                 try:
                     staged = {tag: os.path.join(staged_dir, os.path.basename(finals[tag])) for tag in tags}
                     fmt.write(graph, staged, calibration_images=calibration_images, **(write_options or {}))
+                    graph.release()
                     differences = fmt.verify(staged["fp32"], graph, reference, log=log, **bound)
                     log(f"{fmt.name} float32 within float32's rounding of the float64 network")
                     reports, accuracy = {}, None

@@ -22,7 +22,7 @@ from keras_resnet.export.graph import (
     MAX_PIXELS,
     NUMERIC_OUTPUTS,
     ServingGraph,
-    save_constant_graph,
+    save_serving_graph,
 )
 from keras_resnet.run_dir import is_url
 
@@ -146,11 +146,11 @@ def check_same_task(model_base, facts):
 
 
 def write_saved_model(graph, directory, model_name, warmup_batch_sizes=(1,)):
-    """Write the two signatures over the folded model (one graph whose weights are its
-    constants, as TF Serving loads it: `graph.save_constant_graph`), the warm-up records (one
-    request per signature and batch size) and the facts."""
-    save_constant_graph(
-        graph.folded, directory, {FLOAT_SIGNATURE: graph.float_entry, BYTES_SIGNATURE: graph.bytes_entry}
+    """Write the two signatures over the folded model (one graph, its weights variables in
+    the SavedModel's checkpoint as TF Serving loads them best: `graph.save_serving_graph`),
+    the warm-up records (one request per signature and batch size) and the facts."""
+    save_serving_graph(
+        graph.folded, directory, {FLOAT_SIGNATURE: graph.float_entry, BYTES_SIGNATURE: graph.bytes_entry}, frozen=False
     )
     tf_serving.write_warmup(directory, model_name, graph.image_size, warmup_batch_sizes)
     sources.write_record(directory, graph.source)

@@ -18,7 +18,7 @@ import unicodedata
 
 import numpy as np
 
-from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, IMAGE_BYTES, IMAGES
+from keras_resnet.export.graph import BYTES_SIGNATURE, FLOAT_SIGNATURE, IMAGE_BYTES, IMAGES, SYSTEM_ALLOCATOR
 from keras_resnet.run_dir import atomic_write_bytes
 
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -28,6 +28,9 @@ CANDIDATE_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MIN_THROUGHPUT_GAIN = 1.1
 LATENCY_REPEATS = 5  # timed calls per batch size, after an untimed one
 MAX_BATCH_TIMEOUT_S = 0.01
+# Lets oneDNN keep a convolution's re-laid-out kernel read from a variable between calls;
+# the server's environment, as serving_instructions prints it.
+ASSUME_FROZEN_WEIGHTS = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -254,17 +257,19 @@ def choose_batching(latencies, num_batch_threads, min_gain=MIN_THROUGHPUT_GAIN, 
 def measured_batching(graph, log=print, batch_sizes=CANDIDATE_BATCH_SIZES):
     """BatchingParameters for `graph`'s float signature from its latencies on this machine,
     measured as TF Serving runs it: the signature saved as the export saves it, loaded in a
-    new process (whose memory, activations of the largest batch included, goes back to the
-    system when it ends), each batch size of gray images timed LATENCY_REPEATS times."""
+    new process with the environment serving_instructions gives the server (whose memory,
+    activations of the largest batch included, goes back to the system when it ends), each
+    batch size of gray images timed LATENCY_REPEATS times."""
     from keras_resnet.export import verify
 
     with tempfile.TemporaryDirectory() as directory:
-        path = graph.save_float_signature(os.path.join(directory, FLOAT_SIGNATURE), checked=True)
+        path = graph.save_float_signature(os.path.join(directory, FLOAT_SIGNATURE), as_served=True)
         calls = [
             (FLOAT_SIGNATURE, {IMAGES: np.full((size, *graph.image_size, 3), 128.0, dtype="float32")})
             for size in batch_sizes
         ]
-        latencies = dict(zip(batch_sizes, verify.signature_seconds(path, calls, repeats=LATENCY_REPEATS)))
+        served = {ASSUME_FROZEN_WEIGHTS: "1", SYSTEM_ALLOCATOR: None}  # the server's, not the exporter's
+        latencies = dict(zip(batch_sizes, verify.signature_seconds(path, calls, LATENCY_REPEATS, environment=served)))
     log(
         "batching: measured "
         + ", ".join(
@@ -308,7 +313,9 @@ def write_batching_parameters(base_path, parameters):
 
 def serving_instructions(base_path, model_name):
     """How to serve `<base_path>` with the tensorflow/serving container and query it (with
-    batching when the base path has batching parameters; labels when models.config has some)."""
+    batching when the base path has batching parameters; labels when models.config has some).
+    The served weights are variables only read: ASSUME_FROZEN_WEIGHTS lets oneDNN keep each
+    convolution's re-laid-out kernel between requests (a no-op where oneDNN is off)."""
     volume = shlex.quote(f"{os.path.abspath(base_path)}:/models")
     options = ""
     if os.path.isfile(os.path.join(base_path, BATCHING_PARAMETERS)):
@@ -316,7 +323,7 @@ def serving_instructions(base_path, model_name):
     if version_labels(base_path):
         options += " \\\n      --allow_version_labels_for_unavailable_models"
     return f"""Serve it with TF Serving (REST on 8501, gRPC on 8500):
-  docker run --rm -p 8500:8500 -p 8501:8501 -v {volume} tensorflow/serving \\
+  docker run --rm -p 8500:8500 -p 8501:8501 -e {ASSUME_FROZEN_WEIGHTS}=1 -v {volume} tensorflow/serving \\
       --model_config_file=/models/{MODELS_CONFIG}{options}
 Query it over REST (the bytes signature decodes, resizes and crops on the server):
   printf '{{"signature_name": "serve_image_bytes", "instances": [{{"b64": "%s"}}]}}' "$(base64 -w0 IMAGE.png)" \\

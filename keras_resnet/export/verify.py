@@ -297,15 +297,17 @@ _RUNNER = textwrap.dedent(
 )
 
 
-def _run_in_new_process(model_path, calls, repeats, timeout):
+def _run_in_new_process(model_path, calls, repeats, timeout, environment=None):
     """The runner's answer for [(signature name, {input name: array})] on the SavedModel at
-    `model_path`, in a new Python process that imports TensorFlow and not keras_resnet.
-    Raises VerificationError if that process dies or imported keras_resnet."""
+    `model_path`, in a new Python process that imports TensorFlow and not keras_resnet, its
+    environment this one's with `environment`'s variables set (None: removed). Raises
+    VerificationError if that process dies or imported keras_resnet."""
     with tempfile.TemporaryDirectory() as scratch:
         calls_path, results_path = os.path.join(scratch, "calls.pkl"), os.path.join(scratch, "results.pkl")
         with open(calls_path, "wb") as f:
             pickle.dump({"calls": list(calls), "repeats": repeats}, f)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **(environment or {})}
+        env = {name: value for name, value in env.items() if value is not None}
         process = subprocess.run(
             [sys.executable, "-c", _RUNNER, os.path.abspath(model_path), calls_path, results_path],
             capture_output=True,
@@ -332,11 +334,12 @@ def run_signatures(model_path, calls, timeout=600):
     return _run_in_new_process(model_path, calls, 0, timeout)["results"]
 
 
-def signature_seconds(model_path, calls, repeats=5, timeout=3600):
+def signature_seconds(model_path, calls, repeats=5, timeout=3600, environment=None):
     """Median seconds of each of [(signature name, {input name: array})] on a SavedModel loaded
-    as TF Serving loads it, in a new process, after one untimed call each: what a server of it
-    spends per request on this machine. Raises VerificationError if a call fails."""
-    answer = _run_in_new_process(model_path, calls, repeats, timeout)
+    as TF Serving loads it, in a new process (`environment`: as _run_in_new_process), after one
+    untimed call each: what a server of it spends per request on this machine. Raises
+    VerificationError if a call fails."""
+    answer = _run_in_new_process(model_path, calls, repeats, timeout, environment)
     for (signature, _), result in zip(calls, answer["results"]):
         if isinstance(result, str):
             raise VerificationError(f"{signature} failed in the loaded SavedModel: {result}")
