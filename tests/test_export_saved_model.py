@@ -23,7 +23,7 @@ from PIL import Image
 
 import keras_resnet
 from keras_resnet import run_dir
-from keras_resnet.export import calibration, saved_model, sources, verify
+from keras_resnet.export import calibration, saved_model, sources, tf_serving, verify
 from keras_resnet.preprocessing import preprocess_input
 from keras_resnet.testing import sample_photos, with_trained_statistics
 from keras_resnet.training.config import write_run
@@ -398,15 +398,31 @@ def test_near_tied_classes_of_an_untrained_net_do_not_fail_a_faithful_export():
 
 def test_latencies_are_timed_in_the_loaded_saved_model_and_a_failing_call_is_named(exported):
     """What --batching measures: each call's median over its timed repeats, in a new process
-    that loads the version as TF Serving does; a call the signature refuses is an error."""
+    that loads the version as TF Serving does in the printed environment; a call the signature
+    refuses is an error."""
+    server = tf_serving.SERVER_ENVIRONMENT
     gray = lambda size: {"images": np.full((size, 32, 32, 3), 128.0, dtype="float32")}  # noqa: E731
     seconds = verify.signature_seconds(
-        exported["result"].path, [("serving_default", gray(1)), ("serving_default", gray(4))]
+        exported["result"].path, [("serving_default", gray(1)), ("serving_default", gray(4))], server
     )
     assert len(seconds) == 2 and all(value > 0 for value in seconds)
     too_large = {"images": np.full((1, 40, 40, 3), 128.0, dtype="float32")}
     with pytest.raises(verify.VerificationError, match="serving_default failed in the loaded SavedModel"):
-        verify.signature_seconds(exported["result"].path, [("serving_default", too_large)], repeats=1)
+        verify.signature_seconds(exported["result"].path, [("serving_default", too_large)], server, repeats=1)
+
+
+def test_the_served_environment_answers_as_the_exports_check_does(exported):
+    """The server runs with oneDNN's kernel cache on (SERVER_ENVIRONMENT), the export's check
+    with it off: on real photos both processes give the same logits, so the check vouches for
+    what is served."""
+    photos = verify.verification_images(8, (32, 32))
+    calls = [("serving_default", {"images": photos[:size]}) for size in (1, 8)]
+    checked = verify.run_signatures(exported["result"].path, calls)
+    served = verify.run_signatures(exported["result"].path, calls, environment=tf_serving.SERVER_ENVIRONMENT)
+    for ours, theirs in zip(checked, served):
+        assert not isinstance(theirs, str), theirs
+        np.testing.assert_allclose(theirs["logits"], ours["logits"], rtol=1e-5, atol=1e-5)
+        assert (theirs["top_k_classes"] == ours["top_k_classes"]).all()
 
 
 def test_failed_verification_leaves_no_version_dir(exported, tmp_path, monkeypatch):

@@ -223,7 +223,8 @@ def save_serving_graph(model, directory, signatures, *, frozen):
     `frozen`: the weights are constants of the graph, what converters read (LiteRT, OpenVINO).
     Else variables restored from the SavedModel's checkpoint, what TF Serving should load: a
     session copies a constant into every signature's executor (ResNet-152's two signatures
-    load in 4.7 GB as constants, 1.1 GB as variables; BENCHMARKS.md, "Export cost")."""
+    load in 4.7 GB as constants, 1.1 GB as variables, 1.6 with oneDNN's kernel cache on;
+    BENCHMARKS.md, "Export cost")."""
     values = weight_values(model)
     serving = tf.Graph()
     with serving.as_default():
@@ -264,13 +265,10 @@ def return_free_memory():
     tensor into the allocating thread's arena, where it stays counted in the process's memory.
     Nothing to do where the C library has no malloc_trim (macOS, musl)."""
     import ctypes
-    import ctypes.util
 
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return
-    trim(0)
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols, libc's among them
+    if trim is not None:
+        trim(0)
 
 
 class ServingGraph:

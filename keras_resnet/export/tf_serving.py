@@ -28,9 +28,12 @@ CANDIDATE_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MIN_THROUGHPUT_GAIN = 1.1
 LATENCY_REPEATS = 5  # timed calls per batch size, after an untimed one
 MAX_BATCH_TIMEOUT_S = 0.01
-# Lets oneDNN keep a convolution's re-laid-out kernel read from a variable between calls;
-# the server's environment, as serving_instructions prints it.
-ASSUME_FROZEN_WEIGHTS = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+# The server's environment, as serving_instructions prints it and the batching latencies are
+# timed: oneDNN keeps a convolution's re-laid-out kernel read from a variable between calls
+# (ResNet-152: 1.6 GB to load, 1.1 without); the exporter's own allocator choice
+# (cli.export_from_flags) is not the server's (None: unset). The export's check leaves the
+# cache off: it computes the same numbers, and its process sits beside the exporter's.
+SERVER_ENVIRONMENT = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1", SYSTEM_ALLOCATOR: None}
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -257,7 +260,7 @@ def choose_batching(latencies, num_batch_threads, min_gain=MIN_THROUGHPUT_GAIN, 
 def measured_batching(graph, log=print, batch_sizes=CANDIDATE_BATCH_SIZES):
     """BatchingParameters for `graph`'s float signature from its latencies on this machine,
     measured as TF Serving runs it: the signature saved as the export saves it, loaded in a
-    new process with the environment serving_instructions gives the server (whose memory,
+    new process with the server's environment (SERVER_ENVIRONMENT; whose memory,
     activations of the largest batch included, goes back to the system when it ends), each
     batch size of gray images timed LATENCY_REPEATS times."""
     from keras_resnet.export import verify
@@ -268,8 +271,7 @@ def measured_batching(graph, log=print, batch_sizes=CANDIDATE_BATCH_SIZES):
             (FLOAT_SIGNATURE, {IMAGES: np.full((size, *graph.image_size, 3), 128.0, dtype="float32")})
             for size in batch_sizes
         ]
-        served = {ASSUME_FROZEN_WEIGHTS: "1", SYSTEM_ALLOCATOR: None}  # the server's, not the exporter's
-        latencies = dict(zip(batch_sizes, verify.signature_seconds(path, calls, LATENCY_REPEATS, environment=served)))
+        latencies = dict(zip(batch_sizes, verify.signature_seconds(path, calls, SERVER_ENVIRONMENT, LATENCY_REPEATS)))
     log(
         "batching: measured "
         + ", ".join(
@@ -314,16 +316,17 @@ def write_batching_parameters(base_path, parameters):
 def serving_instructions(base_path, model_name):
     """How to serve `<base_path>` with the tensorflow/serving container and query it (with
     batching when the base path has batching parameters; labels when models.config has some).
-    The served weights are variables only read: ASSUME_FROZEN_WEIGHTS lets oneDNN keep each
-    convolution's re-laid-out kernel between requests (a no-op where oneDNN is off)."""
+    The container gets SERVER_ENVIRONMENT: the served weights are variables only read, which
+    oneDNN may then treat as constants (a no-op where oneDNN is off)."""
     volume = shlex.quote(f"{os.path.abspath(base_path)}:/models")
+    environment = "".join(f"-e {name}={value} " for name, value in SERVER_ENVIRONMENT.items() if value is not None)
     options = ""
     if os.path.isfile(os.path.join(base_path, BATCHING_PARAMETERS)):
         options += f" \\\n      --enable_batching --batching_parameters_file=/models/{BATCHING_PARAMETERS}"
     if version_labels(base_path):
         options += " \\\n      --allow_version_labels_for_unavailable_models"
     return f"""Serve it with TF Serving (REST on 8501, gRPC on 8500):
-  docker run --rm -p 8500:8500 -p 8501:8501 -e {ASSUME_FROZEN_WEIGHTS}=1 -v {volume} tensorflow/serving \\
+  docker run --rm -p 8500:8500 -p 8501:8501 {environment}-v {volume} tensorflow/serving \\
       --model_config_file=/models/{MODELS_CONFIG}{options}
 Query it over REST (the bytes signature decodes, resizes and crops on the server):
   printf '{{"signature_name": "serve_image_bytes", "instances": [{{"b64": "%s"}}]}}' "$(base64 -w0 IMAGE.png)" \\

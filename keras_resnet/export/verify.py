@@ -327,18 +327,18 @@ def _run_in_new_process(model_path, calls, repeats, timeout, environment=None):
     return answer
 
 
-def run_signatures(model_path, calls, timeout=600):
+def run_signatures(model_path, calls, timeout=600, environment=None):
     """Run [(signature name, {input name: array})] on a SavedModel loaded as TF Serving loads
-    it, in a new process (`_run_in_new_process`). Each result is a dict of outputs, or the
-    error text the signature raised."""
-    return _run_in_new_process(model_path, calls, 0, timeout)["results"]
+    it, in a new process (`_run_in_new_process`, `environment` as there). Each result is a
+    dict of outputs, or the error text the signature raised."""
+    return _run_in_new_process(model_path, calls, 0, timeout, environment)["results"]
 
 
-def signature_seconds(model_path, calls, repeats=5, timeout=3600, environment=None):
+def signature_seconds(model_path, calls, environment, repeats=5, timeout=3600):
     """Median seconds of each of [(signature name, {input name: array})] on a SavedModel loaded
-    as TF Serving loads it, in a new process (`environment`: as _run_in_new_process), after one
-    untimed call each: what a server of it spends per request on this machine. Raises
-    VerificationError if a call fails."""
+    as TF Serving loads it, in a new process with the server's `environment` (as
+    _run_in_new_process), after one untimed call each: what a server of it spends per request
+    on this machine. Raises VerificationError if a call fails."""
     answer = _run_in_new_process(model_path, calls, repeats, timeout, environment)
     for (signature, _), result in zip(calls, answer["results"]):
         if isinstance(result, str):
